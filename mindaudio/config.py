@@ -1,0 +1,402 @@
+"""Typed configuration: `deepspeech2.yaml` loaded into dataclasses and validated once.
+
+The yaml keeps the original MindAudio sections and keys. Every key can be overridden on the
+command line as `--Section.key value` (e.g. `--EvalConfig.test_manifest m.json`); the original's
+flags (`--device_target`, `--device_id`, `--mode`, `--is_distributed`, `--pre_trained_model_path`)
+still work. Anything wrong (an unknown key, a wrong type, a missing file) raises one `ConfigError`
+naming the key and the yaml file.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key at fault in the message."""
+
+
+DEFAULT_LABELS = ["'", "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M",
+                  "N", "O", "P", "Q", "R", "S", "T", "U", "V", "W", "X", "Y", "Z", " ", "_"]
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 70
+    batch_size: int = 64
+    train_manifest: str = "./train/libri_train_manifest.json"
+    # Validation WER/CER at the end of every epoch; empty means no validation.
+    val_manifest: str = ""
+    seed: int = 1
+    # Utterances longer than this are dropped and counted, never cropped.
+    max_duration: float = 35.0
+    # Upper edges (seconds) of the padding buckets; batches are padded to their bucket's edge so
+    # the graph sees few shapes. `max_duration` closes the last bucket.
+    bucket_boundaries: List[float] = field(
+        default_factory=lambda: [2.0, 4.0, 6.0, 8.0, 10.0, 12.5, 15.0, 17.5, 20.0, 25.0, 30.0])
+    # SortaGrad: the first epoch visits batches shortest first (DeepSpeech2 paper's curriculum).
+    sortagrad: bool = True
+    # Processes computing features in parallel.
+    num_workers: int = 2
+    # Gradient accumulation over this many micro-batches before one optimizer update.
+    accumulation_steps: int = 1
+    # Training log (JSON lines) every this many steps.
+    log_interval: int = 10
+
+
+@dataclass
+class SpectConfig:
+    sample_rate: int = 16000
+    window_size: float = 0.02
+    window_stride: float = 0.01
+    window: str = "hamming"
+    # True reproduces the original's features exactly (the published checkpoint was trained on
+    # them): periodic Hann window whatever `window` says, frames centred with reflection padding,
+    # log1p magnitude, one mean/std over the whole spectrogram. False honours `window` and normalises each frequency bin.
+    original_compat: bool = True
+
+
+@dataclass
+class AugmentationConfig:
+    speed_volume_perturb: bool = False
+    spec_augment: bool = False
+    noise_dir: str = ""
+    noise_prob: float = 0.4
+    noise_min: float = 0.0
+    noise_max: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    rnn_type: str = "LSTM"
+    hidden_size: int = 1024
+    hidden_layers: int = 5
+    # Kept from the original; only a unidirectional model would use a lookahead layer.
+    lookahead_context: int = 20
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = 3e-4
+    # The learning rate is divided by this at the end of every epoch.
+    learning_anneal: float = 1.1
+    weight_decay: float = 1e-5
+    # Kept from the original's yaml; Adam has no momentum term.
+    momentum: float = 0.9
+    # Kept from the original's yaml; Adam's epsilon is `epsilon` (what the published run used).
+    eps: float = 1e-9
+    betas: Tuple[float, float] = (0.9, 0.999)
+    # Static loss scale: needed for fp16 on Ascend, exact no-op in fp32.
+    loss_scale: float = 1024.0
+    epsilon: float = 1e-5
+    # Global-norm gradient clipping; 0 disables it.
+    max_grad_norm: float = 400.0
+
+
+@dataclass
+class CheckpointConfig:
+    ckpt_file_name_prefix: str = "DeepSpeech"
+    ckpt_path: str = "./checkpoint"
+    keep_checkpoint_max: int = 10
+    # Also save every this many optimizer steps (0: only at the end of each epoch).
+    save_checkpoint_steps: int = 1000
+    # Resume from the newest checkpoint in `ckpt_path` when there is one.
+    resume: bool = True
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 128
+    test_manifest: str = "./test_clean/libri_test_clean_manifest.json"
+    decoder_type: str = "greedy"
+    save_output: str = "librispeech_val_output"
+
+
+@dataclass
+class RuntimeConfig:
+    """Command-line-only settings (the original's flags); not a yaml section."""
+    device_target: str = "CPU"
+    device_id: int = 0
+    mode: str = "GRAPH"
+    is_distributed: bool = False
+
+
+@dataclass
+class Config:
+    TrainingConfig: TrainingConfig = field(default_factory=TrainingConfig)
+    SpectConfig: SpectConfig = field(default_factory=SpectConfig)
+    AugmentationConfig: AugmentationConfig = field(default_factory=AugmentationConfig)
+    ModelConfig: ModelConfig = field(default_factory=ModelConfig)
+    OptimConfig: OptimConfig = field(default_factory=OptimConfig)
+    CheckpointConfig: CheckpointConfig = field(default_factory=CheckpointConfig)
+    EvalConfig: EvalConfig = field(default_factory=EvalConfig)
+    Pretrained_model: str = ""
+    labels: List[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # Where the yaml was read from; relative paths in it are resolved against the working directory.
+    source: str = "<defaults>"
+
+
+# Config fields that name input files which must exist when set.
+_INPUT_FILE_KEYS = ("TrainingConfig.train_manifest", "TrainingConfig.val_manifest",
+                    "EvalConfig.test_manifest", "Pretrained_model", "AugmentationConfig.noise_dir")
+
+_CHOICES = {
+    "ModelConfig.rnn_type": ("LSTM",),
+    "EvalConfig.decoder_type": ("greedy",),
+    "runtime.device_target": ("CPU", "GPU", "Ascend"),
+    "runtime.mode": ("GRAPH", "PYNATIVE"),
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where the yaml is ambiguous."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin in (list, List):
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        item_tps = typing.get_args(tp)
+        if isinstance(value, str):
+            # The original yaml writes `betas: (0.9, 0.999)`, which yaml reads as a string.
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                raise ConfigError(f"{where}: expected a tuple like (0.9, 0.999), got {value!r}") from None
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_tps):
+            raise ConfigError(f"{where}: expected {len(item_tps)} values, got {value!r}")
+        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_tps)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # yaml 1.1 reads `3e-4` (no dot) as a string.
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _build_section(cls, data: Any, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(names))}")
+    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**values)
+
+
+def config_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Config:
+    """Build and validate a `Config` from the yaml's mapping. Errors name `source` and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    hints = typing.get_type_hints(Config)
+    known = {f.name for f in dataclasses.fields(Config)} - {"source"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
+    kwargs: Dict[str, Any] = {"source": source}
+    try:
+        for name in known:
+            if name not in data:
+                continue
+            tp = hints[name]
+            if dataclasses.is_dataclass(tp):
+                kwargs[name] = _build_section(tp, data[name], name)
+            else:
+                kwargs[name] = _coerce(data[name] if data[name] is not None else "", tp, name)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    config = Config(**kwargs)
+    validate(config)
+    return config
+
+
+def _require(cond: bool, config: Config, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{config.source}: {key}: {message}")
+
+
+def validate(config: Config) -> None:
+    """Value checks that types alone cannot express. Missing files are checked by `check_files`."""
+    t, s, m, o, c, e = (config.TrainingConfig, config.SpectConfig, config.ModelConfig,
+                        config.OptimConfig, config.CheckpointConfig, config.EvalConfig)
+    _require(t.epochs >= 1, config, "TrainingConfig.epochs", f"must be >= 1, got {t.epochs}")
+    _require(t.batch_size >= 1, config, "TrainingConfig.batch_size", f"must be >= 1, got {t.batch_size}")
+    _require(t.max_duration > 0, config, "TrainingConfig.max_duration", "must be > 0")
+    edges = t.bucket_boundaries
+    _require(all(b > 0 for b in edges) and edges == sorted(set(edges)), config,
+             "TrainingConfig.bucket_boundaries", f"must be positive and strictly increasing, got {edges}")
+    _require(t.num_workers >= 1, config, "TrainingConfig.num_workers", "must be >= 1")
+    _require(t.accumulation_steps >= 1, config, "TrainingConfig.accumulation_steps", "must be >= 1")
+    _require(t.log_interval >= 1, config, "TrainingConfig.log_interval", "must be >= 1")
+    _require(s.sample_rate > 0, config, "SpectConfig.sample_rate", "must be > 0")
+    _require(0 < s.window_stride <= s.window_size, config, "SpectConfig.window_stride",
+             "must be > 0 and <= window_size")
+    _require(s.window in ("hamming", "hann", "hanning", "blackman", "bartlett"), config,
+             "SpectConfig.window", f"unknown window {s.window!r}")
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        _require(value in choices, config, key, f"must be one of {', '.join(choices)}, got {value!r}")
+    _require(m.hidden_size >= 1 and m.hidden_layers >= 1, config, "ModelConfig",
+             "hidden_size and hidden_layers must be >= 1")
+    _require(o.learning_rate > 0, config, "OptimConfig.learning_rate", "must be > 0")
+    _require(o.learning_anneal >= 1.0, config, "OptimConfig.learning_anneal",
+             "must be >= 1 (the rate is divided by it every epoch)")
+    _require(o.loss_scale > 0, config, "OptimConfig.loss_scale", "must be > 0")
+    _require(o.max_grad_norm >= 0, config, "OptimConfig.max_grad_norm", "must be >= 0 (0 disables clipping)")
+    _require(c.keep_checkpoint_max >= 1, config, "CheckpointConfig.keep_checkpoint_max", "must be >= 1")
+    _require(c.save_checkpoint_steps >= 0, config, "CheckpointConfig.save_checkpoint_steps", "must be >= 0")
+    _require(e.batch_size >= 1, config, "EvalConfig.batch_size", "must be >= 1")
+    labels = config.labels
+    _require(len(labels) == len(set(labels)), config, "labels", "contains duplicates")
+    _require(all(isinstance(x, str) and len(x) == 1 for x in labels), config, "labels",
+             "every label must be one character")
+    _require(bool(labels) and labels[-1] == "_", config, "labels",
+             "the CTC blank '_' must be the last label")
+    a = config.AugmentationConfig
+    # Augmentation is a later feature; silently ignoring it (as the original did) would mislead.
+    _require(not (a.speed_volume_perturb or a.spec_augment or a.noise_dir), config, "AugmentationConfig",
+             "data augmentation is not implemented yet; set speed_volume_perturb and spec_augment to false "
+             "and noise_dir to ''")
+
+
+def check_files(config: Config, keys: Sequence[str]) -> None:
+    """Raise `ConfigError` naming the key when one of `keys` (e.g. 'EvalConfig.test_manifest') is set
+    to a path that does not exist."""
+    for key in keys:
+        value = _get(config, key)
+        if value and not os.path.exists(value):
+            raise ConfigError(f"{config.source}: {key}: file not found: {value}")
+
+
+def _get(config: Config, key: str) -> Any:
+    obj: Any = config
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_config(path: str, overrides: Optional[Dict[str, str]] = None) -> Config:
+    """Read the yaml at `path`, apply `--Section.key value` overrides, validate once.
+
+    Override values are parsed as yaml scalars/lists (`--TrainingConfig.epochs 3`,
+    `--labels "['A', '_']"`), so they get the same type checks as the file.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid yaml: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for key, raw in (overrides or {}).items():
+        parts = key.split(".")
+        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        if len(parts) == 1:
+            data[parts[0]] = value
+        elif len(parts) == 2:
+            section = data.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{path}: {parts[0]} is not a section, cannot set {key}")
+            section[parts[1]] = value
+        else:
+            raise ConfigError(f"override --{key}: expected --Section.key or --key")
+    return config_from_dict(data, source=path)
+
+
+def build_arg_parser(description: str) -> argparse.ArgumentParser:
+    """The command line shared by train.py and eval.py: the original's flags plus `-c`."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Any yaml key can be overridden as --Section.key VALUE, e.g. --TrainingConfig.epochs 3.")
+    parser.add_argument("-c", "--config", default="deepspeech2.yaml", help="yaml config (default: %(default)s)")
+    parser.add_argument("--device_target", default=None, choices=("CPU", "GPU", "Ascend"))
+    parser.add_argument("--device_id", type=int, default=None)
+    parser.add_argument("--mode", default=None, choices=("GRAPH", "PYNATIVE"))
+    parser.add_argument("--is_distributed", default=None, nargs="?", const="true",
+                        help="data-parallel training (detected automatically under mpirun/msrun)")
+    parser.add_argument("--pre_trained_model_path", default=None,
+                        help="checkpoint whose weights to load (overrides Pretrained_model)")
+    return parser
+
+
+def parse_command_line(argv: Optional[Sequence[str]], description: str) -> Config:
+    """Parse the original's flags, `-c`, and `--Section.key value` overrides into a validated Config."""
+    parser = build_arg_parser(description)
+    args, rest = parser.parse_known_args(argv)
+    overrides: Dict[str, str] = {}
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--") or token == "--":
+            parser.error(f"unexpected argument {token!r}")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            if i + 1 >= len(rest):
+                parser.error(f"--{key} needs a value")
+            i += 1
+            value = rest[i]
+        overrides[key] = value
+        i += 1
+    if args.pre_trained_model_path is not None:
+        overrides["Pretrained_model"] = args.pre_trained_model_path
+    config = load_config(args.config, overrides)
+    runtime = config.runtime
+    if args.device_target is not None:
+        runtime.device_target = args.device_target
+    if args.device_id is not None:
+        runtime.device_id = args.device_id
+    if args.mode is not None:
+        runtime.mode = args.mode
+    if args.is_distributed is not None:
+        runtime.is_distributed = _coerce(args.is_distributed, bool, "--is_distributed")
+    validate(config)
+    return config

@@ -1,0 +1,242 @@
+"""The input pipeline: a manifest becomes a split of encoded utterances, then padded batches.
+
+`load_split` reads and filters a manifest once; a `BucketSampler` (see `make_sampler`) plans the
+batches of each epoch; `build_dataset` turns one epoch's plan into a MindSpore dataset whose item
+i is batch i, computed from the audio by parallel workers. Every batch is padded to its bucket's
+frame length and label length, so each bucket gives the graph one input shape.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import mindspore.dataset as ms_dataset
+import numpy as np
+
+from mindaudio.config import SpectConfig
+from mindaudio.data.audio import AudioError, load_audio
+from mindaudio.data.features import log_spectrogram, num_frames, num_freq_bins
+from mindaudio.data.manifest import Utterance, read_manifest
+from mindaudio.data.sampler import (Batch, BucketSampler, DropCounts, assign_buckets,
+                                    bucket_edges, filter_utterances)
+from mindaudio.data.text import CharTokenizer
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("features", "feature_lengths", "labels", "label_lengths", "indices")
+
+# Frames by which an utterance's spectrogram may exceed the estimate from its duration (a
+# duration rounded in the manifest, a resampled length rounded by soxr). Buckets are padded by
+# this much beyond their edge, and the CTC fit check assumes this many frames fewer.
+FRAME_MARGIN = 2
+
+# Label padding is rounded up to a multiple of this, so near-equal buckets share a label shape.
+LABEL_PAD_MULTIPLE = 8
+
+
+class DatasetError(RuntimeError):
+    """A batch that cannot be built; the message names the audio file at fault."""
+
+
+def duration_frames(duration: float, spect: SpectConfig) -> int:
+    """Spectrogram frames expected for `duration` seconds of audio at `spect.sample_rate`."""
+    return num_frames(max(1, int(round(duration * spect.sample_rate))), spect)
+
+
+def bucket_frames(edges: Sequence[float], spect: SpectConfig,
+                  margin: int = FRAME_MARGIN) -> Tuple[int, ...]:
+    """Frames each bucket pads to: the frames of its upper edge plus `margin`."""
+    return tuple(duration_frames(edge, spect) + margin for edge in edges)
+
+
+def label_pad_lengths(buckets: Sequence[int], label_lengths: Sequence[int], num_buckets: int,
+                      multiple: int = LABEL_PAD_MULTIPLE) -> Tuple[int, ...]:
+    """Label length each bucket pads to, one per bucket.
+
+    The running maximum over this and all shorter buckets, rounded up to `multiple`: the sampler
+    may move a few utterances up into a longer bucket, so a bucket's padding must also fit the
+    labels of the shorter ones.
+    """
+    longest = np.zeros(num_buckets, dtype=np.int64)
+    for bucket, length in zip(buckets, label_lengths):
+        longest[bucket] = max(longest[bucket], length)
+    running = np.maximum.accumulate(longest)
+    return tuple(int(max(multiple, -(-length // multiple) * multiple)) for length in running)
+
+
+def encode_transcripts(utterances: Sequence[Utterance], tokenizer: CharTokenizer
+                       ) -> Tuple[List[Tuple[int, ...]], Dict[str, int]]:
+    """Label ids of every transcript, and how often each character outside the labels occurred.
+
+    Unknown characters are removed from the labels and reported once each, with their count.
+    """
+    labels: List[Tuple[int, ...]] = []
+    unknown: collections.Counter = collections.Counter()
+    for utterance in utterances:
+        ids, removed = tokenizer.encode(utterance.transcript)
+        labels.append(tuple(ids))
+        if removed:
+            unknown.update(char for char in utterance.transcript.upper() if char in removed)
+    for char, count in sorted(unknown.items()):
+        logger.warning("character %r is not a label: removed %d time(s) from transcripts",
+                       char, count)
+    return labels, dict(unknown)
+
+
+@dataclass(frozen=True)
+class Split:
+    """The kept utterances of a manifest with everything batching needs to know about them."""
+    manifest: str
+    utterances: Tuple[Utterance, ...]
+    labels: Tuple[Tuple[int, ...], ...]  # label ids, unknown characters removed
+    edges: Tuple[float, ...]  # bucket upper edges, seconds
+    bucket_frames: Tuple[int, ...]  # frames each bucket pads to
+    label_pad: Tuple[int, ...]  # label length each bucket pads to
+    drops: DropCounts
+    unknown_chars: Dict[str, int]
+
+    @property
+    def durations(self) -> np.ndarray:
+        """float64 (utterances,) seconds."""
+        return np.array([utterance.duration for utterance in self.utterances], dtype=np.float64)
+
+    def summary(self) -> str:
+        hours = float(self.durations.sum()) / 3600.0
+        text = (f"{self.manifest}: {len(self.utterances)} utterances kept ({hours:.2f} h), "
+                f"{self.drops.total} dropped ({self.drops.too_long} too long, "
+                f"{self.drops.empty_label} empty label, {self.drops.label_too_long} label longer "
+                f"than the CTC output)")
+        if self.unknown_chars:
+            chars = ", ".join(f"{char!r} x{count}" for char, count
+                              in sorted(self.unknown_chars.items()))
+            text += f"; characters removed: {chars}"
+        return text
+
+
+def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
+               bucket_boundaries: Sequence[float] = (), max_duration: Optional[float] = None,
+               output_frames: Optional[Callable[[int], int]] = None) -> Split:
+    """Read a manifest, encode its transcripts and keep what can be batched.
+
+    max_duration: drop longer utterances (training); None keeps all (evaluation) and closes the
+    last bucket at the longest utterance.
+    output_frames: the model's output frames for a number of input frames (e.g.
+    `sampler.deepspeech2_output_frames`); when given (training), empty labels and labels that
+    CTC cannot align within the output frames are dropped. The check assumes FRAME_MARGIN input
+    frames fewer than the duration suggests, so a borderline utterance cannot fail the loss.
+    Drops are counted in the result and logged in a summary; nothing is cropped.
+    """
+    manifest = str(manifest_path)
+    utterances = read_manifest(manifest)
+    labels, unknown = encode_transcripts(utterances, tokenizer)
+    durations = [utterance.duration for utterance in utterances]
+
+    ctc_frames = None
+    if output_frames is not None:
+        def ctc_frames(duration: float) -> int:
+            return output_frames(max(1, duration_frames(duration, spect) - FRAME_MARGIN))
+
+    kept, drops = filter_utterances(durations, labels, max_duration, ctc_frames)
+    if kept.size == 0:
+        raise DatasetError(f"manifest {manifest}: all {len(utterances)} utterances were dropped "
+                           f"({drops})")
+    kept_utterances = tuple(utterances[i] for i in kept)
+    kept_labels = tuple(labels[i] for i in kept)
+    closing = max_duration if max_duration is not None else max(
+        utterance.duration for utterance in kept_utterances)
+    edges = bucket_edges(bucket_boundaries, closing)
+    buckets = assign_buckets([utterance.duration for utterance in kept_utterances], edges)
+    split = Split(manifest=manifest, utterances=kept_utterances, labels=kept_labels,
+                  edges=edges, bucket_frames=bucket_frames(edges, spect),
+                  label_pad=label_pad_lengths(buckets, [len(label) for label in kept_labels],
+                                              len(edges)),
+                  drops=drops, unknown_chars=unknown)
+    logger.info(split.summary())
+    return split
+
+
+def make_sampler(split: Split, batch_size: int, *, train: bool, seed: int = 0,
+                 sortagrad: bool = False, rank: int = 0, world_size: int = 1) -> BucketSampler:
+    """The batch planner for a split: shuffled per epoch if `train`, else sorted by length."""
+    return BucketSampler(split.durations, split.edges, split.bucket_frames, batch_size,
+                         seed=seed, shuffle=train, sortagrad=sortagrad, rank=rank,
+                         world_size=world_size)
+
+
+class PaddedBatchSource:
+    """Random-access source for GeneratorDataset: item i is batch i, padded, as numpy arrays.
+
+    Item layout (B utterances, bucket frames T, bucket label length S):
+      features float32 (B, 1, freq, T), zero beyond each utterance's frames;
+      feature_lengths int32 (B,); labels int32 (B, S) padded with the blank id;
+      label_lengths int32 (B,); indices int32 (B,) into `split.utterances`.
+    Holds only plain data so worker processes can receive it by pickling.
+    """
+
+    def __init__(self, split: Split, spect: SpectConfig, batches: Sequence[Batch],
+                 blank_id: int):
+        self.audio_paths = tuple(utterance.audio_path for utterance in split.utterances)
+        self.labels = split.labels
+        self.label_pad = split.label_pad
+        self.spect = spect
+        self.batches = tuple(batches)
+        self.blank_id = int(blank_id)
+        self.freq = num_freq_bins(spect)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, item: int):
+        batch = self.batches[item]
+        size, frames, label_pad = len(batch.indices), batch.frames, self.label_pad[batch.bucket]
+        features = np.zeros((size, 1, self.freq, frames), dtype=np.float32)
+        feature_lengths = np.zeros(size, dtype=np.int32)
+        labels = np.full((size, label_pad), self.blank_id, dtype=np.int32)
+        label_lengths = np.zeros(size, dtype=np.int32)
+        for row, index in enumerate(batch.indices):
+            path = self.audio_paths[index]
+            spectrogram = self._spectrogram(path)
+            length = spectrogram.shape[1]
+            if length > frames:
+                raise DatasetError(f"{path}: {length} feature frames exceed the {frames} frames "
+                                   f"of bucket {batch.bucket}; the manifest duration is wrong")
+            features[row, 0, :, :length] = spectrogram
+            feature_lengths[row] = length
+            label = self.labels[index]
+            if len(label) > label_pad:
+                raise DatasetError(f"{path}: label of {len(label)} characters exceeds the "
+                                   f"{label_pad} of bucket {batch.bucket}")
+            labels[row, :len(label)] = label
+            label_lengths[row] = len(label)
+        indices = np.asarray(batch.indices, dtype=np.int32)
+        return features, feature_lengths, labels, label_lengths, indices
+
+    def _spectrogram(self, path: str) -> np.ndarray:
+        try:
+            signal = load_audio(path, self.spect.sample_rate)
+            return log_spectrogram(signal, self.spect)
+        except AudioError as err:  # already names the file
+            raise DatasetError(str(err)) from err
+        except Exception as err:  # any other failure must name the file too
+            raise DatasetError(f"{path}: cannot compute features: {err}") from err
+
+
+def build_dataset(split: Split, spect: SpectConfig, batches: Sequence[Batch], blank_id: int,
+                  num_workers: int = 1, multiprocessing: bool = False
+                  ) -> ms_dataset.GeneratorDataset:
+    """A `mindspore.dataset.GeneratorDataset` yielding `batches` in order, columns `COLUMNS`.
+
+    num_workers batches are computed at once, in threads by default: features cost about 1 ms
+    per second of audio and the heavy parts (decoding, FFT) release the GIL, while worker
+    processes must copy every padded batch through shared memory, which measured slower here.
+    `multiprocessing` switches to worker processes. The order of `batches` is kept either way.
+    """
+    if not batches:
+        raise DatasetError(f"no batches to build a dataset from ({split.manifest})")
+    source = PaddedBatchSource(split, spect, batches, blank_id)
+    workers = max(1, int(num_workers))
+    return ms_dataset.GeneratorDataset(source, column_names=list(COLUMNS), shuffle=False,
+                                       num_parallel_workers=workers,
+                                       python_multiprocessing=multiprocessing and workers > 1)

@@ -1,0 +1,105 @@
+"""Log-magnitude spectrograms of a signal, normalised per utterance.
+
+With `SpectConfig.original_compat` (the default) the numbers are those the original computed and
+the published checkpoint was trained on: a periodic Hann window whatever `window` says, log1p of
+the magnitude, and one mean and one std over the whole spectrogram. Without it, `window` is
+honoured and each frequency bin is normalised on its own.
+
+Both modes centre the frames by padding n_fft // 2 samples on each side by reflection: the
+original called `mindaudio.stft` without `pad_mode`, whose default is "reflect" (zero padding
+would change the first and last frames by up to 0.5 after normalisation).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+import scipy.signal
+
+from mindaudio.config import SpectConfig
+
+WINDOW_NAMES = ("hamming", "hann", "blackman", "bartlett")
+
+# A spectrogram with (near) zero spread (digital silence) is only centred, never divided by ~0.
+_MIN_STD = 1e-8
+
+
+def fft_size(spect: SpectConfig) -> int:
+    """Samples per analysis window: n_fft = win_length = int(sample_rate * window_size)."""
+    n_fft = int(spect.sample_rate * spect.window_size)
+    if n_fft < 2:
+        raise ValueError(f"SpectConfig gives an FFT size of {n_fft} samples "
+                         f"(sample_rate={spect.sample_rate}, window_size={spect.window_size})")
+    return n_fft
+
+
+def hop_size(spect: SpectConfig) -> int:
+    """Samples between frame starts: int(sample_rate * window_stride)."""
+    hop = int(spect.sample_rate * spect.window_stride)
+    if hop < 1:
+        raise ValueError(f"SpectConfig gives a hop of {hop} samples "
+                         f"(sample_rate={spect.sample_rate}, window_stride={spect.window_stride})")
+    return hop
+
+
+def num_freq_bins(spect: SpectConfig) -> int:
+    """Rows of the spectrogram: n_fft // 2 + 1 (161 at 16 kHz with 20 ms windows)."""
+    return fft_size(spect) // 2 + 1
+
+
+def num_frames(num_samples: int, spect: SpectConfig) -> int:
+    """Columns of the spectrogram of `num_samples` samples (centred frames, n_fft // 2 padding)."""
+    n_fft = fft_size(spect)
+    padded = num_samples + 2 * (n_fft // 2)
+    if num_samples < 1 or padded < n_fft:
+        raise ValueError(f"{num_samples} samples are too few for one frame")
+    return 1 + (padded - n_fft) // hop_size(spect)
+
+
+def analysis_window(spect: SpectConfig) -> np.ndarray:
+    """The periodic analysis window, float64 (n_fft,): Hann in compat mode, else `spect.window`."""
+    name = "hann" if spect.original_compat else spect.window
+    if name not in WINDOW_NAMES:
+        raise ValueError(f"SpectConfig.window must be one of {WINDOW_NAMES}, got {name!r}")
+    return scipy.signal.get_window(name, fft_size(spect), fftbins=True)
+
+
+def magnitude_spectrogram(signal: np.ndarray, spect: SpectConfig) -> np.ndarray:
+    """|STFT| of a mono signal: float32 (freq, frames), frames centred by reflection padding."""
+    signal = np.asarray(signal, dtype=np.float32)
+    if signal.ndim != 1:
+        raise ValueError(f"expected a mono (samples,) signal, got shape {signal.shape}")
+    n_fft, hop = fft_size(spect), hop_size(spect)
+    frames_count = num_frames(signal.shape[0], spect)
+    padded = np.pad(signal, n_fft // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:frames_count]
+    windowed = frames * analysis_window(spect).astype(np.float32)
+    # scipy's FFT stays in float32 (numpy's would upcast to float64 and be ~2x slower).
+    spectrum = scipy.fft.rfft(windowed, n=n_fft, axis=1)
+    return np.abs(spectrum).T.astype(np.float32, copy=False)
+
+
+def normalise(spectrogram: np.ndarray, per_bin: bool) -> np.ndarray:
+    """(x - mean) / std over the whole (freq, frames) array, or per frequency row if `per_bin`.
+
+    Statistics in float64 so long utterances do not lose precision; std near zero is treated as
+    one so silence gives zeros rather than NaN.
+    """
+    values = spectrogram.astype(np.float64)
+    if per_bin:
+        mean = values.mean(axis=1, keepdims=True)
+        std = values.std(axis=1, keepdims=True)
+        std = np.where(std < _MIN_STD, 1.0, std)
+    else:
+        mean = values.mean()
+        std = values.std()
+        std = std if std >= _MIN_STD else 1.0
+    return ((values - mean) / std).astype(np.float32)
+
+
+def log_spectrogram(signal: np.ndarray, spect: SpectConfig) -> np.ndarray:
+    """Normalised log1p-magnitude spectrogram of a mono signal at `spect.sample_rate`.
+
+    signal: (samples,) float in [-1, 1]; returns float32 (num_freq_bins, num_frames).
+    """
+    log_magnitude = np.log1p(magnitude_spectrogram(signal, spect))
+    return normalise(log_magnitude, per_bin=not spect.original_compat)

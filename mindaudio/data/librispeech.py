@@ -1,0 +1,483 @@
+"""Prepare LibriSpeech for DeepSpeech2: download, verify, extract, convert to WAV, write manifests.
+
+Run from the repo root:
+
+    python mindaudio/data/librispeech.py --root_path DIR [--data_ready True] [--splits train val ...]
+                                         [--workers N] [--base_url URL]
+
+Writes, for each requested split (`train`, `val`, `test_clean`, `test_other`):
+
+    DIR/<split>/wav/<utt-id>.wav                16 kHz mono 16-bit PCM
+    DIR/<split>/txt/<utt-id>.txt                the transcript, one line
+    DIR/<split>/libri_<split>_manifest.json     {"root_path": ..., "samples": [...]}, sorted by id
+
+Archives are kept in DIR and extracted to DIR/LibriSpeech/. Running again does nothing new: verified
+archives, extracted subsets, finished WAVs and unchanged text files are left alone.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script, Python puts this file's folder first on sys.path (where sibling modules could
+    # shadow top-level ones) and not the repo root, which the package imports below need.
+    _HERE = Path(__file__).resolve().parent
+    sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+    sys.path.insert(0, str(_HERE.parents[1]))
+
+import argparse
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import soundfile as sf
+import soxr
+from tqdm import tqdm
+
+from mindaudio.data.archives import (ArchiveError, ChecksumError, download_archive, safe_extract,
+                                     set_aside, verify_archive, write_text_atomic)
+
+__all__ = ["ARCHIVES", "SPLITS", "OPENSLR_URL", "TARGET_SAMPLE_RATE", "LibriSpeechArchive",
+           "PreparationError", "Problem", "SplitSummary", "PreparationSummary", "flac_to_wav",
+           "collect_utterances", "prepare_split", "prepare_librispeech", "parse_bool", "main"]
+
+OPENSLR_URL = "https://www.openslr.org/resources/12"
+TARGET_SAMPLE_RATE = 16000
+SPLITS = ("train", "val", "test_clean", "test_other")
+
+
+@dataclass(frozen=True)
+class LibriSpeechArchive:
+    name: str
+    md5: str
+    split: str
+
+    @property
+    def subset(self) -> str:
+        """The folder the archive unpacks to under `LibriSpeech/`, e.g. `test-clean`."""
+        return self.name[: -len(".tar.gz")]
+
+
+# OpenSLR resource 12 and its published MD5 sums.
+ARCHIVES = (
+    LibriSpeechArchive("train-clean-100.tar.gz", "2a93770f6d5c6c964bc36631d331a522", "train"),
+    LibriSpeechArchive("train-clean-360.tar.gz", "c0e676e450a7ff2f54aeade5171606fa", "train"),
+    LibriSpeechArchive("train-other-500.tar.gz", "d1a0fd59409feb2c614ce4d30c387708", "train"),
+    LibriSpeechArchive("dev-clean.tar.gz", "42e2234ba48799c1f50f24a7926300a1", "val"),
+    LibriSpeechArchive("dev-other.tar.gz", "c8d0bcc9cca99d4f8b62fcc847357931", "val"),
+    LibriSpeechArchive("test-clean.tar.gz", "32fa31d27d2e1cad72775fee3f4849a9", "test_clean"),
+    LibriSpeechArchive("test-other.tar.gz", "fb5a50374b501bb3bac4815ee91d3135", "test_other"),
+)
+
+
+class PreparationError(RuntimeError):
+    """The preparation cannot start: an unknown split, or inputs missing in `data_ready` mode."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One utterance or file that could not be prepared, and why."""
+    kind: str
+    path: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.kind}] {self.path}: {self.detail}"
+
+
+@dataclass
+class SplitSummary:
+    split: str
+    manifest: str
+    utterances: int = 0          # in the manifest
+    converted: int = 0           # WAVs written by this run (the rest were already there)
+    audio_seconds: float = 0.0
+    problems: List[Problem] = field(default_factory=list)
+
+
+@dataclass
+class PreparationSummary:
+    root_path: str
+    splits: List[SplitSummary] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def problems(self) -> List[Problem]:
+        return [problem for split in self.splits for problem in split.problems]
+
+    @property
+    def utterances(self) -> int:
+        return sum(split.utterances for split in self.splits)
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(split.audio_seconds for split in self.splits)
+
+    def report(self) -> str:
+        lines = [f"LibriSpeech preparation in {self.root_path} ({self.wall_seconds:.1f} s)"]
+        for split in self.splits:
+            lines.append(f"  {split.split}: {split.utterances} utterances ({split.converted} converted "
+                         f"now), {split.audio_seconds:.1f} s = {split.audio_seconds / 3600:.2f} h of audio, "
+                         f"{len(split.problems)} problems -> {split.manifest}")
+        problems = self.problems
+        lines.append(f"  problems: {len(problems)} (left out of the manifests)")
+        lines.extend(f"    {problem}" for problem in problems)
+        return "\n".join(lines)
+
+
+class Utterance(NamedTuple):
+    uid: str
+    flac: Path
+    text: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio
+
+def _to_mono(samples: np.ndarray) -> np.ndarray:
+    """(frames, channels) int16 -> (frames,) int16; several channels are averaged, rounding to nearest."""
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    return np.round(samples.astype(np.float64).mean(axis=1)).astype(np.int16)
+
+
+def flac_to_wav(source: Path, destination: Path, sample_rate: int = TARGET_SAMPLE_RATE) -> float:
+    """Convert one audio file to mono 16-bit PCM WAV at `sample_rate`; returns its duration in seconds.
+
+    Samples are read as int16 and written as int16, so a 16 kHz mono FLAC is copied sample-exactly;
+    another rate is resampled with soxr. The WAV appears under its final name only when complete.
+    """
+    expected_frames = sf.info(str(source)).frames
+    samples, rate = sf.read(str(source), dtype="int16", always_2d=True)
+    if samples.shape[0] != expected_frames:
+        raise ValueError(f"decoded {samples.shape[0]} of {expected_frames} frames (truncated file)")
+    if samples.shape[0] == 0:
+        raise ValueError("no audio frames")
+    mono = _to_mono(samples)
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+    partial = destination.with_name(f".{destination.name}.tmp")
+    try:
+        sf.write(str(partial), mono, sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(partial, destination)
+    finally:
+        partial.unlink(missing_ok=True)
+    return mono.shape[0] / sample_rate
+
+
+def _wav_duration(path: str) -> Optional[float]:
+    """Duration of an existing WAV, or None if there is none or it cannot be read (then redo it)."""
+    try:
+        info = sf.info(path)
+    except (OSError, RuntimeError):
+        return None
+    return info.frames / info.samplerate if info.frames > 0 else None
+
+
+def _prepare_audio(task: Tuple[str, str, str]) -> Tuple[str, Optional[float], bool, Optional[str]]:
+    """Worker: make sure `<id>.wav` exists. Returns (id, duration or None, converted now, error)."""
+    uid, flac, wav = task
+    duration = _wav_duration(wav) if os.path.exists(wav) else None
+    if duration is not None:
+        return uid, duration, False, None
+    try:
+        return uid, flac_to_wav(Path(flac), Path(wav)), True, None
+    except Exception as error:  # one bad file must not stop the run: it is reported by name instead
+        return uid, None, False, f"{type(error).__name__}: {error}"
+
+
+def _map_audio(tasks: Sequence[Tuple[str, str, str]], workers: int) -> Iterator:
+    """Run `_prepare_audio` over `tasks` in order, in `workers` processes (in-process for <= 1)."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_prepare_audio, tasks)
+        return
+    # spawn, not fork: the caller may have started threads (MindSpore does) that a fork would copy
+    # in a locked state.
+    context = multiprocessing.get_context("spawn")
+    workers = min(workers, len(tasks))
+    chunk = max(1, min(64, len(tasks) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(_prepare_audio, tasks, chunksize=chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transcripts and pairing
+
+def _read_transcript_file(path: Path) -> Tuple[Dict[str, str], List[Problem]]:
+    """Parse a LibriSpeech `<spk>-<chapter>.trans.txt` ("<utt-id> <TEXT>" a line) into {id: text}."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        return {}, [Problem("unreadable transcript", str(path), str(error))]
+    texts: Dict[str, str] = {}
+    problems = []
+    for number, line in enumerate(lines, start=1):
+        fields = line.split(maxsplit=1)
+        if not fields:
+            continue
+        if len(fields) < 2:
+            problems.append(Problem("malformed transcript line", str(path),
+                                    f"line {number}: {fields[0]!r} has no text"))
+        elif fields[0] in texts:
+            problems.append(Problem("duplicate transcript line", str(path),
+                                    f"line {number}: {fields[0]} appears twice"))
+        else:
+            texts[fields[0]] = " ".join(fields[1].split())
+    return texts, problems
+
+
+def collect_utterances(subset_dir: Path) -> Tuple[Dict[str, Utterance], List[Problem]]:
+    """Pair the FLACs under an extracted subset (e.g. `LibriSpeech/test-clean`) with their transcripts.
+
+    Returns ({utt-id: Utterance}, problems). A transcript line without audio, audio without a
+    transcript line, and unreadable or malformed transcript files are problems, never dropped silently.
+    """
+    problems: List[Problem] = []
+    audio: Dict[str, Path] = {}
+    for flac in sorted(subset_dir.rglob("*.flac")):
+        if flac.stem in audio:
+            problems.append(Problem("duplicate audio", str(flac), f"{flac.stem} also at {audio[flac.stem]}"))
+        else:
+            audio[flac.stem] = flac
+    texts: Dict[str, Tuple[str, Path]] = {}
+    for transcript_file in sorted(subset_dir.rglob("*.trans.txt")):
+        found, file_problems = _read_transcript_file(transcript_file)
+        problems.extend(file_problems)
+        for uid, text in found.items():
+            if uid in texts:
+                problems.append(Problem("duplicate transcript line", str(transcript_file),
+                                        f"{uid} also in {texts[uid][1]}"))
+            else:
+                texts[uid] = (text, transcript_file)
+    for uid in sorted(texts.keys() - audio.keys()):
+        problems.append(Problem("transcript without audio", str(texts[uid][1]), f"no {uid}.flac"))
+    for uid in sorted(audio.keys() - texts.keys()):
+        problems.append(Problem("audio without transcript", str(audio[uid]), f"no line for {uid}"))
+    utterances = {uid: Utterance(uid, audio[uid], texts[uid][0])
+                  for uid in sorted(audio.keys() & texts.keys())}
+    return utterances, problems
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    """Atomically write `text` unless the file already holds exactly it (keeps reruns from touching files)."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    write_text_atomic(path, text)
+    return True
+
+
+def _remove_partial_files(folder: Path) -> None:
+    """Delete `.<name>.tmp` files a killed run left behind (finished files were renamed away from them)."""
+    for leftover in folder.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# One split
+
+def manifest_path(root_path: Path, split: str) -> Path:
+    return Path(root_path) / split / f"libri_{split}_manifest.json"
+
+
+def prepare_split(root_path: Path, split: str, subset_dirs: Sequence[Path], workers: int = 1,
+                  progress: bool = True) -> SplitSummary:
+    """Convert the utterances of the extracted `subset_dirs` into `root_path/<split>/` and its manifest."""
+    split_dir = Path(root_path).resolve() / split
+    wav_dir, txt_dir = split_dir / "wav", split_dir / "txt"
+    for folder in (wav_dir, txt_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_partial_files(folder)
+    summary = SplitSummary(split=split, manifest=str(manifest_path(root_path, split).resolve()))
+
+    utterances: Dict[str, Utterance] = {}
+    for subset_dir in subset_dirs:
+        found, problems = collect_utterances(subset_dir)
+        summary.problems.extend(problems)
+        for uid, utterance in found.items():
+            if uid in utterances:
+                summary.problems.append(Problem("duplicate audio", str(utterance.flac),
+                                                f"{uid} also at {utterances[uid].flac}"))
+            else:
+                utterances[uid] = utterance
+    if not utterances:
+        summary.problems.append(Problem("empty split", " ".join(map(str, subset_dirs)),
+                                        "no utterance with both audio and transcript"))
+
+    ordered = sorted(utterances)
+    tasks = [(uid, str(utterances[uid].flac), str(wav_dir / f"{uid}.wav")) for uid in ordered]
+    samples = []
+    results = _map_audio(tasks, workers)
+    for uid, duration, converted, error in tqdm(results, total=len(tasks), unit=" utt",
+                                                desc=f"{split} wav", disable=not progress):
+        if error is not None:
+            summary.problems.append(Problem("unreadable audio", str(utterances[uid].flac), error))
+            continue
+        _write_if_changed(txt_dir / f"{uid}.txt", utterances[uid].text)
+        samples.append({"wav_path": f"wav/{uid}.wav", "txt_path": f"txt/{uid}.txt", "duration": duration})
+        summary.converted += converted
+        summary.audio_seconds += duration
+    summary.utterances = len(samples)
+    _write_if_changed(Path(summary.manifest), _manifest_text(split_dir, samples))
+    return summary
+
+
+def _manifest_text(split_dir: Path, samples: Sequence[dict]) -> str:
+    """The manifest JSON with one sample a line: still one JSON document, but diffable and greppable."""
+    rows = ",\n".join("  " + json.dumps(sample) for sample in samples)
+    return (f'{{"root_path": {json.dumps(str(split_dir))},\n "samples": [\n'
+            + (rows + "\n" if rows else "") + " ]}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: archives and extracted trees
+
+def _extraction_marker(root: Path, archive: LibriSpeechArchive) -> Path:
+    return root / "LibriSpeech" / f".{archive.subset}.extracted"
+
+
+def _subset_dir(root: Path, archive: LibriSpeechArchive) -> Path:
+    return root / "LibriSpeech" / archive.subset
+
+
+def _verify_or_set_aside(path: Path, md5: str, progress: bool) -> None:
+    try:
+        verify_archive(path, md5, progress=progress)
+    except ChecksumError as error:
+        aside = set_aside(path)
+        raise ChecksumError(f"{error}; moved it to {aside.name} so the next run fetches it again") from error
+
+
+def _obtain_subset(root: Path, archive: LibriSpeechArchive, md5: str, data_ready: bool, base_url: str,
+                   retries: int, progress: bool) -> Path:
+    """Make `root/LibriSpeech/<subset>/` complete (download, verify, extract as needed); returns it."""
+    subset_dir = _subset_dir(root, archive)
+    marker = _extraction_marker(root, archive)
+    if marker.exists():
+        return subset_dir
+    archive_path = root / archive.name
+    if archive_path.exists():
+        _verify_or_set_aside(archive_path, md5, progress)
+    elif data_ready:
+        return subset_dir  # an extracted tree the user supplied (checked to exist beforehand)
+    else:
+        download_archive(f"{base_url.rstrip('/')}/{archive.name}", archive_path, md5,
+                         retries=retries, progress=progress)
+    safe_extract(archive_path, root, progress=progress)
+    if not subset_dir.is_dir():
+        raise ArchiveError(f"{archive_path}: holds no LibriSpeech/{archive.subset}/ folder")
+    # Written last: a run killed mid-extraction has no marker and extracts again.
+    write_text_atomic(marker, json.dumps({"archive": archive.name, "md5": md5}) + "\n")
+    return subset_dir
+
+
+def _missing_inputs(root: Path, archives: Iterable[LibriSpeechArchive]) -> List[str]:
+    """For `data_ready`: each archive with neither the file nor an extracted tree in `root`."""
+    return [f"{root / archive.name} (or extracted {_subset_dir(root, archive)}/)"
+            for archive in archives
+            if not (root / archive.name).exists() and not _subset_dir(root, archive).is_dir()]
+
+
+def _normalise_splits(splits: Iterable[str]) -> List[str]:
+    requested = []
+    for entry in splits:
+        for split in str(entry).replace(",", " ").split():
+            if split not in SPLITS:
+                raise PreparationError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+            if split not in requested:
+                requested.append(split)
+    if not requested:
+        raise PreparationError(f"no split requested; choose from {', '.join(SPLITS)}")
+    return requested
+
+
+def prepare_librispeech(root_path, splits: Sequence[str] = SPLITS, data_ready: bool = False,
+                        workers: Optional[int] = None, base_url: str = OPENSLR_URL, *,
+                        archive_md5s: Optional[Mapping[str, str]] = None, retries: int = 5,
+                        progress: bool = True, verbose: bool = True) -> PreparationSummary:
+    """Prepare the requested LibriSpeech splits under `root_path`; returns (and prints) a summary.
+
+    Only the archives feeding `splits` are fetched from `base_url`. With `data_ready` nothing is
+    downloaded: each needed archive must be in `root_path`, or its extracted `LibriSpeech/<subset>/`
+    tree, else `PreparationError` lists every missing one. `workers` processes convert audio
+    (default: one per CPU). `archive_md5s` ({archive name: md5}) replaces published sums, for
+    archives built locally. Bad utterances are listed in the summary, not raised.
+    """
+    started = time.monotonic()
+    root = Path(root_path).resolve()
+    requested = _normalise_splits(splits)
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    md5s = {archive.name: archive.md5 for archive in ARCHIVES}
+    md5s.update(archive_md5s or {})
+    needed = [archive for archive in ARCHIVES if archive.split in requested]
+    if data_ready:
+        missing = _missing_inputs(root, needed)
+        if missing:
+            raise PreparationError("--data_ready True, but these inputs are missing:\n  "
+                                   + "\n  ".join(missing))
+    root.mkdir(parents=True, exist_ok=True)
+
+    subset_dirs: Dict[str, List[Path]] = {split: [] for split in requested}
+    for archive in needed:
+        subset_dirs[archive.split].append(
+            _obtain_subset(root, archive, md5s[archive.name], data_ready, base_url, retries, progress))
+
+    summary = PreparationSummary(root_path=str(root))
+    for split in requested:
+        summary.splits.append(prepare_split(root, split, subset_dirs[split], workers, progress))
+    summary.wall_seconds = time.monotonic() - started
+    if verbose:
+        print(summary.report())
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+def parse_bool(text: str) -> bool:
+    """The original's True/False flag values (also yes/no, 1/0), case-insensitive."""
+    value = str(text).strip().lower()
+    if value in ("true", "yes", "1", "y", "t"):
+        return True
+    if value in ("false", "no", "0", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Download LibriSpeech, convert it to 16 kHz WAV and write DeepSpeech2 manifests.")
+    parser.add_argument("--root_path", required=True, help="folder for archives and prepared splits")
+    parser.add_argument("--data_ready", type=parse_bool, default=False, metavar="True|False",
+                        help="use archives or an extracted LibriSpeech/ tree already in root_path; no network")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
+                        help=f"splits to prepare (default: all of {' '.join(SPLITS)})")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes converting audio (default: one per CPU)")
+    parser.add_argument("--base_url", default=OPENSLR_URL, help="where the archives are downloaded from")
+    parser.add_argument("--retries", type=int, default=5, help="retries of a dropped download, each resuming")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status (0 also when some utterances had problems)."""
+    args = build_parser().parse_args(argv)
+    try:
+        prepare_librispeech(args.root_path, splits=args.splits, data_ready=args.data_ready,
+                            workers=args.workers, base_url=args.base_url, retries=args.retries)
+    except (PreparationError, ArchiveError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""DeepSpeech2 acoustic model: two 2-D convolutions, a stack of bidirectional LSTMs, a linear classifier.
+
+Parameter names and shapes are those of MindAudio's original `DeepSpeechModel`, so its checkpoints
+(bare model or training cell with optimizer state) load into this one.
+
+Unlike the original, padding does not change any result (with `masked=True`, the default): the
+convolution outputs are zeroed beyond each utterance's length, and the backward LSTM direction
+starts at each utterance's true last frame instead of reading the padding first. An utterance then
+gets the same logits alone or batched with longer ones (in eval mode; in training mode BatchNorm's
+batch statistics still see the padded frames, as in the original and in deepspeech.pytorch).
+`masked=False` reproduces the original's computation exactly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+# Time-axis geometry of the two convolutions: (kernel, stride, padding) along time.
+_TIME_CONV_GEOMETRY = ((11, 2, 5), (11, 1, 5))
+# Frequency-axis geometry of the two convolutions: (kernel, stride, padding) along frequency.
+_FREQ_CONV_GEOMETRY = ((41, 2, 20), (21, 2, 10))
+CONV_CHANNELS = 32
+
+
+def _conv_out(size, kernel: int, stride: int, padding: int):
+    """Output length of a convolution; works on ints and integer numpy arrays."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def output_length(num_frames):
+    """Number of logit frames the model emits for `num_frames` input frames: (n - 1) // 2 + 1.
+
+    Accepts an int or an integer numpy array. The data pipeline uses it to drop utterances whose
+    transcript cannot fit in their output frames.
+    """
+    for kernel, stride, padding in _TIME_CONV_GEOMETRY:
+        num_frames = _conv_out(num_frames, kernel, stride, padding)
+    return num_frames
+
+
+def rnn_input_size(sample_rate: int, window_size: float) -> int:
+    """Features per frame entering the first LSTM: 32 channels x frequency bins left after the convs."""
+    bins = int(math.floor(sample_rate * window_size / 2)) + 1
+    for kernel, stride, padding in _FREQ_CONV_GEOMETRY:
+        bins = _conv_out(bins, kernel, stride, padding)
+    return CONV_CHANNELS * bins
+
+
+def _time_mask(lengths: ms.Tensor, num_steps: int, dtype) -> ms.Tensor:
+    """(B, num_steps) mask: 1 where step < lengths[b], else 0."""
+    steps = ops.arange(0, num_steps, 1, dtype=lengths.dtype)
+    return (steps.view(1, -1) < lengths.view(-1, 1)).astype(dtype)
+
+
+class MaskConv(nn.Cell):
+    """The two convolution blocks (conv -> BatchNorm -> tanh), each output zeroed beyond the lengths.
+
+    x: (B, 1, F, T) float; lengths: (B,) int32 output frames of these convs (same for both, since
+    only the first one strides in time) -> (B, 32, F'', T'').
+    """
+
+    def __init__(self, masked: bool = True, rng: Optional[np.random.Generator] = None):
+        super().__init__()
+        self.masked = masked
+        self.conv1 = nn.Conv2d(1, CONV_CHANNELS, kernel_size=(41, 11), stride=(2, 2), pad_mode="pad",
+                               padding=(20, 20, 5, 5), has_bias=False)
+        self.bn1 = nn.BatchNorm2d(num_features=CONV_CHANNELS)
+        self.conv2 = nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, kernel_size=(21, 11), stride=(2, 1),
+                               pad_mode="pad", padding=(10, 10, 5, 5), has_bias=False)
+        self.bn2 = nn.BatchNorm2d(num_features=CONV_CHANNELS)
+        self.tanh = nn.Tanh()
+        self._initialize_weights(rng if rng is not None else np.random.default_rng())
+
+    def _initialize_weights(self, rng: np.random.Generator):
+        # He-style normal init over kh * kw * out_channels, as the original (and deepspeech.pytorch).
+        for conv in (self.conv1, self.conv2):
+            fan = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+            conv.weight.set_data(ms.Tensor(
+                rng.normal(0.0, np.sqrt(2.0 / fan), conv.weight.shape).astype(np.float32)))
+        for bn in (self.bn1, self.bn2):
+            bn.gamma.set_data(ms.Tensor(np.ones(bn.gamma.shape, np.float32)))
+            bn.beta.set_data(ms.Tensor(np.zeros(bn.beta.shape, np.float32)))
+
+    def _mask(self, x, lengths):
+        if not self.masked:
+            return x
+        mask = _time_mask(lengths, x.shape[3], x.dtype)
+        return x * mask.view(mask.shape[0], 1, 1, mask.shape[1])
+
+    def construct(self, x, lengths):
+        # tanh(BN(0)) is not 0: without the mask, padded frames would leak into conv2's
+        # receptive field at the end of every shorter utterance.
+        x = self._mask(self.tanh(self.bn1(self.conv1(x))), lengths)
+        x = self._mask(self.tanh(self.bn2(self.conv2(x))), lengths)
+        return x
+
+
+class BidirectionalLSTMLayer(nn.LSTM):
+    """One LSTM layer whose two directions' outputs are summed, as in the original.
+
+    Subclassing nn.LSTM keeps the original's parameter names (`weight_ih_l0`, `..._reverse`) and
+    reuses the device's own single-direction kernel (`self.rnn`: fused ops.LSTM on CPU/GPU,
+    DynamicRNN on Ascend). With `masked=True` the backward direction runs on each utterance
+    reversed within its own length, so it starts at the true last frame; nn.LSTM's exact
+    `seq_length` path would unroll every step on CPU (slow to compile).
+
+    x: (T, B, input_size); lengths: (B,) int32 -> (T, B, hidden_size), zero beyond the lengths
+    when masked.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bidirectional: bool = True,
+                 masked: bool = True):
+        super().__init__(input_size=input_size, hidden_size=hidden_size, num_layers=1,
+                         has_bias=True, batch_first=False, bidirectional=bidirectional)
+        self.masked = masked
+        self.reverse_in_length = ops.ReverseSequence(seq_dim=0, batch_dim=1)
+        self.reverse_all = ops.ReverseV2(axis=[0])
+
+    def _direction(self, x, index: int):
+        zeros = ops.zeros((x.shape[1], self.hidden_size), x.dtype)
+        output, _ = self.rnn(x, (zeros, zeros), None, self.w_ih_list[index], self.w_hh_list[index],
+                             self.b_ih_list[index], self.b_hh_list[index])
+        return output.astype(x.dtype)
+
+    def construct(self, x, lengths):
+        output = self._direction(x, 0)
+        if self.bidirectional:
+            if self.masked:
+                backward = self.reverse_in_length(
+                    self._direction(self.reverse_in_length(x, lengths), 1), lengths)
+            else:
+                backward = self.reverse_all(self._direction(self.reverse_all(x), 1))
+            output = output + backward
+        if self.masked:
+            mask = _time_mask(lengths, x.shape[0], x.dtype).transpose(1, 0)
+            output = output * mask.view(mask.shape[0], mask.shape[1], 1)
+        return output
+
+
+class BatchRNN(nn.Cell):
+    """Stack of `num_layers` LSTM layers in `lstms` (names `lstms.{i}.weight_ih_l0`, ...).
+
+    x: (T, B, input_size); lengths: (B,) int32 -> (T, B, hidden_size).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool = True,
+                 masked: bool = True, rng: Optional[np.random.Generator] = None):
+        super().__init__()
+        sizes = [input_size] + [hidden_size] * (num_layers - 1)
+        self.lstms = nn.CellList([
+            BidirectionalLSTMLayer(size, hidden_size, bidirectional=bidirectional, masked=masked)
+            for size in sizes])
+        self._initialize_weights(rng if rng is not None else np.random.default_rng(), hidden_size)
+
+    def _initialize_weights(self, rng: np.random.Generator, hidden_size: int):
+        # Same distribution as nn.LSTM's own init, drawn from `rng` so a seed reproduces it.
+        bound = 1.0 / math.sqrt(hidden_size)
+        for param in self.lstms.get_parameters():
+            param.set_data(ms.Tensor(rng.uniform(-bound, bound, param.shape).astype(np.float32)))
+
+    def construct(self, x, lengths):
+        for layer in self.lstms:
+            x = layer(x, lengths)
+        return x
+
+
+class SequenceWise(nn.Cell):
+    """Applies `module` to every frame: (T, B, D) -> (T, B, D_out)."""
+
+    def __init__(self, module: nn.Cell):
+        super().__init__()
+        self.module = module
+
+    def construct(self, x):
+        t, b = x.shape[0], x.shape[1]
+        y = self.module(x.view(t * b, -1))
+        return y.view(t, b, -1)
+
+
+class DeepSpeechModel(nn.Cell):
+    """DeepSpeech2 with MindAudio's parameter names.
+
+    Args:
+        batch_size: kept for the original's signature; any batch size works.
+        labels: output alphabet; the blank is conventionally the last label.
+        rnn_hidden_size, nb_layers: LSTM width and depth.
+        audio_conf: anything with `sample_rate` and `window_size` (e.g. `SpectConfig`); fixes the
+            number of frequency bins F = floor(sample_rate * window_size / 2) + 1.
+        rnn_type: only "LSTM" (as the original).
+        bidirectional: sum of both directions (True) or forward only.
+        masked: True makes results independent of padding; False computes exactly as the original.
+        rng: source of the initial weights (default: fresh entropy). Pass a seeded generator for
+            reproducible initialisation.
+
+    construct(x, lengths):
+        x: (B, 1, F, T) float32 features, zero beyond each utterance's length;
+        lengths: (B,) int32 number of true frames.
+        Returns logits (T', B, len(labels)) float32, time-major and pre-softmax, with
+        T' = (T - 1) // 2 + 1, and output_lengths (B,) int32 = (lengths - 1) // 2 + 1.
+    """
+
+    def __init__(self, batch_size: int, labels: Sequence[str], rnn_hidden_size: int, nb_layers: int,
+                 audio_conf, rnn_type: str = "LSTM", bidirectional: bool = True, masked: bool = True,
+                 rng: Optional[np.random.Generator] = None):
+        super().__init__()
+        if rnn_type.upper() != "LSTM":
+            raise ValueError(f"only rnn_type 'LSTM' is supported, got {rnn_type!r}")
+        if nb_layers < 1:
+            raise ValueError(f"nb_layers must be at least 1, got {nb_layers}")
+        rng = rng if rng is not None else np.random.default_rng()
+        self.batch_size = batch_size
+        self.labels = list(labels)
+        self.hidden_size = rnn_hidden_size
+        self.hidden_layers = nb_layers
+        self.rnn_type = rnn_type
+        self.audio_conf = audio_conf
+        self.bidirectional = bidirectional
+        self.masked = masked
+
+        self.conv = MaskConv(masked=masked, rng=rng)
+        self.RNN = BatchRNN(rnn_input_size(audio_conf.sample_rate, audio_conf.window_size),
+                            rnn_hidden_size, nb_layers, bidirectional=bidirectional, masked=masked,
+                            rng=rng)
+        fully_connected = nn.Dense(rnn_hidden_size, len(self.labels), has_bias=False)
+        bound = 1.0 / rnn_hidden_size  # the original's uniform(-1/in, 1/in)
+        fully_connected.weight.set_data(ms.Tensor(
+            rng.uniform(-bound, bound, fully_connected.weight.shape).astype(np.float32)))
+        self.fc = SequenceWise(fully_connected)
+
+    def get_seq_lens(self, lengths):
+        """(B,) int input frames -> (B,) int output frames: (lengths - 1) // 2 + 1."""
+        return output_length(lengths)
+
+    def construct(self, x, lengths):
+        output_lengths = self.get_seq_lens(lengths)
+        x = self.conv(x, output_lengths)
+        b, c, f, t = x.shape
+        x = x.view(b, c * f, t).transpose(2, 0, 1)  # (T', B, 32 * F'')
+        x = self.RNN(x, output_lengths)
+        return self.fc(x), output_lengths

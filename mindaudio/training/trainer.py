@@ -1,0 +1,233 @@
+"""The training loop: epochs of bucketed batches, checkpoints, logs and validation."""
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+import mindspore as ms
+from mindspore import ParameterTuple, Tensor, nn
+
+from mindaudio.config import Config, check_files
+from mindaudio.data.dataset import Split, build_dataset, load_split, make_sampler
+from mindaudio.data.features import hop_size
+from mindaudio.data.sampler import deepspeech2_output_frames
+from mindaudio.data.text import CharTokenizer
+from mindaudio.evaluation import evaluate_split
+from mindaudio.models.build import build_model, load_model_weights
+from mindaudio.models.loss import NetWithCTCLoss
+from mindaudio.training.checkpoint import (CheckpointManager, TrainState, load_checkpoint,
+                                           restore_parameters, training_parameters)
+from mindaudio.training.plot import plot_training_log
+from mindaudio.training.runtime import Runtime, setup_runtime
+from mindaudio.training.train_step import (AccumulateGradients, ApplyGradients, ClearGradients,
+                                           make_accumulators)
+
+logger = logging.getLogger(__name__)
+
+LOG_NAME = "train_log.jsonl"
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    last_checkpoint: Optional[str]
+    best_checkpoint: Optional[str]
+    log_path: str
+
+
+def learning_rate_for_epoch(config: Config, epoch: int) -> float:
+    """The yaml's rate divided by `learning_anneal` once per finished epoch."""
+    optim = config.OptimConfig
+    return optim.learning_rate / (optim.learning_anneal ** epoch)
+
+
+class JsonLinesLog:
+    """Append-only training log, one JSON object a line; only the main rank writes."""
+
+    def __init__(self, path: str, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(self, **record) -> None:
+        if not self.enabled:
+            return
+        record["time"] = round(time.time(), 3)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class Trainer:
+    """Builds everything a run needs from the config, then `run()` trains to the last epoch."""
+
+    def __init__(self, config: Config, progress: bool = True):
+        self.config = config
+        train_cfg, ckpt_cfg, optim = config.TrainingConfig, config.CheckpointConfig, config.OptimConfig
+        check_files(config, ["TrainingConfig.train_manifest", "TrainingConfig.val_manifest", "Pretrained_model"])
+        self.runtime: Runtime = setup_runtime(config.runtime, train_cfg.seed)
+        self.progress = progress and self.runtime.is_main
+        self.tokenizer = CharTokenizer(config.labels)
+
+        self.train_split = load_split(train_cfg.train_manifest, self.tokenizer, config.SpectConfig,
+                                      bucket_boundaries=train_cfg.bucket_boundaries,
+                                      max_duration=train_cfg.max_duration,
+                                      output_frames=deepspeech2_output_frames)
+        self.sampler = make_sampler(self.train_split, train_cfg.batch_size, train=True, seed=train_cfg.seed,
+                                    sortagrad=train_cfg.sortagrad, rank=self.runtime.rank,
+                                    world_size=self.runtime.world_size)
+        self.val_split = None
+        if train_cfg.val_manifest:
+            self.val_split = load_split(train_cfg.val_manifest, self.tokenizer, config.SpectConfig,
+                                        bucket_boundaries=train_cfg.bucket_boundaries)
+        if self.runtime.is_main:
+            print(self.train_split.summary())
+            if self.val_split is not None:
+                print(self.val_split.summary())
+
+        self.model = build_model(config, train_cfg.batch_size, seed=train_cfg.seed)
+        loss_net = NetWithCTCLoss(self.model)
+        weights = ParameterTuple(self.model.trainable_params())
+        self.learning_rate = ms.Parameter(Tensor(learning_rate_for_epoch(config, 0), ms.float32),
+                                          name="learning_rate")
+        self.optimizer = nn.Adam(weights, learning_rate=self.learning_rate, beta1=optim.betas[0],
+                                 beta2=optim.betas[1], eps=optim.epsilon, weight_decay=optim.weight_decay)
+        accumulators = make_accumulators(weights)
+        reducer = None
+        if self.runtime.distributed:
+            reducer = nn.DistributedGradReducer(weights, mean=True, degree=self.runtime.world_size)
+        self.accumulate = AccumulateGradients(loss_net, weights, accumulators, optim.loss_scale, reducer)
+        self.apply = ApplyGradients(self.optimizer, accumulators, optim.loss_scale, optim.max_grad_norm)
+        self.clear = ClearGradients(accumulators)
+        self.accumulate.set_train(True)
+
+        self.checkpoints = CheckpointManager(ckpt_cfg.ckpt_path, ckpt_cfg.ckpt_file_name_prefix,
+                                             ckpt_cfg.keep_checkpoint_max)
+        self.log = JsonLinesLog(os.path.join(ckpt_cfg.ckpt_path, LOG_NAME), self.runtime.is_main)
+        self.state = self._initial_state()
+
+    def _initial_state(self) -> TrainState:
+        """Resume from the newest checkpoint when allowed; else start fresh, from `Pretrained_model`'s
+        weights if one is given."""
+        cfg = self.config
+        if self.runtime.is_main:
+            self.checkpoints.remove_partials()
+        latest = self.checkpoints.latest() if cfg.CheckpointConfig.resume else None
+        if latest:
+            values, state = load_checkpoint(latest)
+            if state is None:
+                raise RuntimeError(f"{latest} holds no training state; remove it or set "
+                                   f"CheckpointConfig.resume false")
+            restore_parameters([self.model, self.optimizer], values, latest, strict=True)
+            if state.seed != cfg.TrainingConfig.seed:
+                logger.warning("resuming %s trained with seed %d; TrainingConfig.seed is %d",
+                               latest, state.seed, cfg.TrainingConfig.seed)
+            if self.runtime.is_main:
+                print(f"resuming from {latest}: epoch {state.epoch}, batch {state.batches_done}, "
+                      f"step {state.global_step}")
+            return state
+        if cfg.Pretrained_model:
+            extra = load_model_weights(self.model, cfg.Pretrained_model)
+            if self.runtime.is_main:
+                print(f"loaded weights from {cfg.Pretrained_model} (ignored {len(extra)} optimizer entries)")
+        return TrainState(seed=cfg.TrainingConfig.seed)
+
+    def _save(self, best: bool = False) -> str:
+        if not self.runtime.is_main:
+            return ""
+        params = training_parameters(self.model, self.optimizer)
+        if best:
+            return self.checkpoints.save_best(params, self.state)
+        return self.checkpoints.save(params, self.state)
+
+    def run(self) -> TrainResult:
+        cfg = self.config.TrainingConfig
+        ckpt_every = self.config.CheckpointConfig.save_checkpoint_steps
+        last_path = None
+        seconds_per_frame = hop_size(self.config.SpectConfig) / self.config.SpectConfig.sample_rate
+        while self.state.epoch < cfg.epochs:
+            epoch = self.state.epoch
+            lr = learning_rate_for_epoch(self.config, epoch)
+            self.learning_rate.set_data(Tensor(lr, ms.float32))
+            batches = self.sampler.batches(epoch, start=self.state.batches_done)
+            total = len(self.sampler)
+            dataset = build_dataset(self.train_split, self.config.SpectConfig, batches,
+                                    self.tokenizer.blank_id, cfg.num_workers)
+            bar = tqdm(total=total, initial=self.state.batches_done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       unit="batch", disable=not self.progress, dynamic_ncols=True)
+            epoch_losses, window_audio, window_start = [], 0.0, time.perf_counter()
+            micro, all_finite, pending_losses = 0, True, []
+            for batch in dataset.create_tuple_iterator(num_epochs=1):
+                features, feature_lengths, labels, label_lengths, _ = batch
+                loss, finite = self.accumulate(features, feature_lengths, labels, label_lengths)
+                micro += 1
+                all_finite = all_finite and bool(finite.asnumpy())
+                pending_losses.append(float(loss.asnumpy()))
+                window_audio += float(feature_lengths.asnumpy().sum()) * seconds_per_frame
+                self.state.batches_done += 1
+                bar.update(1)
+                if micro < cfg.accumulation_steps and self.state.batches_done < total:
+                    continue
+                if all_finite:
+                    grad_norm = float(self.apply(Tensor(float(micro), ms.float32)).asnumpy())
+                    self.state.global_step += 1
+                    epoch_losses.extend(pending_losses)
+                else:
+                    self.clear()
+                    grad_norm = math.nan
+                    self.state.skipped_steps += 1
+                    logger.warning("step skipped: loss or gradients not finite (%d skipped so far)",
+                                   self.state.skipped_steps)
+                step_loss = float(np.mean(pending_losses))
+                micro, all_finite, pending_losses = 0, True, []
+                elapsed = time.perf_counter() - window_start
+                speed = window_audio / elapsed if elapsed > 0 else 0.0
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.1f}")
+                if self.state.global_step % cfg.log_interval == 0 or self.state.batches_done == total:
+                    self.log.write(kind="step", epoch=epoch, step=self.state.global_step, loss=step_loss,
+                                   grad_norm=grad_norm, lr=lr, audio_seconds_per_second=speed,
+                                   skipped_steps=self.state.skipped_steps)
+                    window_audio, window_start = 0.0, time.perf_counter()
+                if ckpt_every and self.state.global_step % ckpt_every == 0 and self.state.batches_done < total:
+                    last_path = self._save()
+            bar.close()
+            last_path = self._end_epoch(epoch, lr, epoch_losses) or last_path
+        best = self.checkpoints.best_path if os.path.exists(self.checkpoints.best_path) else None
+        if self.runtime.is_main:
+            plot_training_log(self.log.path)
+        return TrainResult(self.state, last_path, best, self.log.path)
+
+    def _end_epoch(self, epoch: int, lr: float, losses) -> Optional[str]:
+        record = {"kind": "epoch", "epoch": epoch, "step": self.state.global_step, "lr": lr,
+                  "train_loss": float(np.mean(losses)) if losses else math.nan,
+                  "skipped_steps": self.state.skipped_steps}
+        result = None
+        if self.val_split is not None and self.runtime.is_main:
+            result = evaluate_split(self.model, self.val_split, self.config, self.tokenizer, self.progress)
+            self.model.set_train(True)
+            record.update(val_wer=result.wer, val_cer=result.cer)
+            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
+                  f"validation WER {result.wer:.2f}% CER {result.cer:.2f}%")
+        self.state.epoch = epoch + 1
+        self.state.batches_done = 0
+        improved = result is not None and result.wer < self.state.best_wer
+        if improved:
+            self.state.best_wer = result.wer
+        path = self._save()
+        if improved:
+            self._save(best=True)
+        self.log.write(**record)
+        return path or None
+
+
+def train(config: Config, progress: bool = True) -> TrainResult:
+    return Trainer(config, progress=progress).run()
+
+
+__all__ = ["Trainer", "TrainResult", "train", "learning_rate_for_epoch"]

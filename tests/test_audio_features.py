@@ -1,0 +1,230 @@
+"""Audio loading and log spectrograms, checked against soundfile, numpy and librosa."""
+import mindaudio  # noqa: F401  (sets the oneDNN ISA before anything imports mindspore)
+
+
+import librosa
+import numpy as np
+import pytest
+import soundfile
+
+from mindaudio.config import SpectConfig
+from mindaudio.data.audio import AudioError, audio_duration, load_audio, resample
+from mindaudio.data.features import log_spectrogram, num_frames, num_freq_bins
+
+
+@pytest.fixture(scope="module")
+def flac_files(librispeech_mini):
+    files = sorted(librispeech_mini.glob("*/*/*/*.flac"))
+    assert len(files) >= 3, f"expected LibriSpeech FLAC files under {librispeech_mini}"
+    return files
+
+
+def librosa_log_magnitude(signal, n_fft, hop, window):
+    # The original centred frames by reflecting the whole signal with np.pad (mindaudio.stft's
+    # default pad_mode). librosa's own centring reflects only a tail slice, which differs in the
+    # last sample when that slice is exactly n_fft // 2 long, so pad first and frame uncentred.
+    padded = np.pad(signal.astype(np.float64), n_fft // 2, mode="reflect")
+    stft = librosa.stft(padded, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window,
+                        center=False)
+    return np.log1p(np.abs(stft))
+
+
+# --- features ---------------------------------------------------------------------------------
+
+def test_compat_features_match_librosa_hann_with_global_normalisation(flac_files):
+    # The default config names "hamming" but compat mode must use a periodic Hann window.
+    spect = SpectConfig()
+    assert spect.original_compat and spect.window == "hamming"
+    for path in flac_files[:3]:
+        signal, sample_rate = soundfile.read(path, dtype="float32")
+        assert sample_rate == 16000
+        log_magnitude = librosa_log_magnitude(signal, 320, 160, "hann")
+        expected = (log_magnitude - log_magnitude.mean()) / log_magnitude.std()
+
+        features = log_spectrogram(signal, spect)
+
+        assert features.dtype == np.float32
+        assert features.shape == expected.shape == (161, expected.shape[1])
+        np.testing.assert_allclose(features, expected, rtol=1e-5, atol=2e-5)
+
+
+def test_compat_ignores_window_name():
+    signal = np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32)
+    hann = log_spectrogram(signal, SpectConfig(window="hann"))
+    blackman_named = log_spectrogram(signal, SpectConfig(window="blackman"))
+    np.testing.assert_array_equal(hann, blackman_named)
+
+
+@pytest.mark.parametrize("window", ["hamming", "hann", "blackman", "bartlett"])
+def test_non_compat_features_match_librosa_with_per_bin_normalisation(flac_files, window):
+    signal, _ = soundfile.read(flac_files[0], dtype="float32")
+    spect = SpectConfig(window=window, original_compat=False)
+    log_magnitude = librosa_log_magnitude(signal, 320, 160, window)
+    mean = log_magnitude.mean(axis=1, keepdims=True)
+    std = log_magnitude.std(axis=1, keepdims=True)
+    expected = (log_magnitude - mean) / std
+
+    features = log_spectrogram(signal, spect)
+
+    assert features.dtype == np.float32
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=5e-5)
+    # Per-bin normalisation: every row has zero mean and unit spread.
+    np.testing.assert_allclose(features.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(features.std(axis=1), 1.0, atol=1e-4)
+
+
+def test_non_compat_windows_differ():
+    signal = np.random.default_rng(1).uniform(-0.5, 0.5, 4000).astype(np.float32)
+    hamming = log_spectrogram(signal, SpectConfig(window="hamming", original_compat=False))
+    hann = log_spectrogram(signal, SpectConfig(window="hann", original_compat=False))
+    assert np.abs(hamming - hann).max() > 1e-3
+
+
+def test_unknown_window_is_rejected_when_honoured():
+    with pytest.raises(ValueError, match="kaiser"):
+        log_spectrogram(np.zeros(1600, np.float32), SpectConfig(window="kaiser",
+                                                                original_compat=False))
+
+
+def test_other_sample_rate_and_window_sizes_match_librosa():
+    spect = SpectConfig(sample_rate=8000, window_size=0.025, window_stride=0.01)
+    signal = np.random.default_rng(2).normal(0, 0.1, 8000 + 37).astype(np.float32)
+    log_magnitude = librosa_log_magnitude(signal, 200, 80, "hann")
+    expected = (log_magnitude - log_magnitude.mean()) / log_magnitude.std()
+    features = log_spectrogram(signal, spect)
+    assert num_freq_bins(spect) == 101 == features.shape[0]
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=.*too large:UserWarning")
+@pytest.mark.parametrize("num_samples", [1, 2, 159, 160, 161, 319, 320, 321, 16000, 52345])
+@pytest.mark.parametrize("window_size,window_stride", [(0.02, 0.01), (0.025, 0.01),
+                                                       (0.0201, 0.0107)])
+def test_frame_count_formula_matches_actual_spectrogram(num_samples, window_size, window_stride):
+    spect = SpectConfig(window_size=window_size, window_stride=window_stride)
+    signal = np.random.default_rng(num_samples).uniform(-1, 1, num_samples).astype(np.float32)
+    n_fft = int(16000 * window_size)
+    expected = librosa.stft(signal, n_fft=n_fft, hop_length=int(16000 * window_stride),
+                            center=True, pad_mode="reflect").shape
+    features = log_spectrogram(signal, spect)
+    assert features.shape == expected
+    assert num_frames(num_samples, spect) == features.shape[1]
+    assert num_freq_bins(spect) == n_fft // 2 + 1 == features.shape[0]
+
+
+def test_default_geometry():
+    assert num_freq_bins(SpectConfig()) == 161
+    # Centred framing: one frame per hop plus one (1 s at 16 kHz -> 101 frames).
+    assert num_frames(16000, SpectConfig()) == 101
+
+
+def test_empty_signal_is_rejected():
+    with pytest.raises(ValueError, match="too few"):
+        log_spectrogram(np.zeros(0, np.float32), SpectConfig())
+
+
+@pytest.mark.parametrize("original_compat", [True, False])
+def test_silence_gives_zeros_not_nan(original_compat):
+    features = log_spectrogram(np.zeros(4000, np.float32),
+                               SpectConfig(original_compat=original_compat))
+    assert np.all(np.isfinite(features))
+    np.testing.assert_array_equal(features, 0.0)
+
+
+def test_stereo_signal_is_rejected_by_features():
+    with pytest.raises(ValueError, match="mono"):
+        log_spectrogram(np.zeros((2, 4000), np.float32), SpectConfig())
+
+
+# --- audio loading ----------------------------------------------------------------------------
+
+def test_pcm16_wav_is_scaled_by_32768(tmp_path):
+    raw = np.array([0, 1, -1, 16384, -32768, 32767, 1000], dtype=np.int16)
+    path = tmp_path / "pcm.wav"
+    soundfile.write(path, raw, 16000, subtype="PCM_16")
+    signal = load_audio(path, 16000)
+    assert signal.dtype == np.float32 and signal.shape == raw.shape
+    np.testing.assert_array_equal(signal, raw.astype(np.float64) / 32768.0)
+
+
+def test_flac_and_wav_load_equal(flac_files, tmp_path):
+    flac = flac_files[0]
+    pcm, sample_rate = soundfile.read(flac, dtype="int16")
+    wav = tmp_path / "same.wav"
+    soundfile.write(wav, pcm, sample_rate, subtype="PCM_16")
+    from_flac = load_audio(flac, 16000)
+    from_wav = load_audio(wav, 16000)
+    np.testing.assert_array_equal(from_flac, from_wav)
+    np.testing.assert_array_equal(from_flac, pcm / 32768.0)
+
+
+def test_audio_duration_reads_header(flac_files):
+    for path in flac_files[:3]:
+        pcm, sample_rate = soundfile.read(path, dtype="int16")
+        assert audio_duration(path) == pytest.approx(len(pcm) / sample_rate)
+
+
+def test_fsdd_8k_resampled_to_16k(fsdd_dir):
+    path = sorted((fsdd_dir / "recordings").glob("*.wav"))[0]
+    original, sample_rate = soundfile.read(path, dtype="float32")
+    assert sample_rate == 8000
+    upsampled = load_audio(path, 16000)
+    assert upsampled.dtype == np.float32
+    assert abs(len(upsampled) - 2 * len(original)) <= 1
+    # Band-limited content survives a round trip back to 8 kHz.
+    back = resample(upsampled, 16000, 8000)
+    n = min(len(back), len(original))
+    correlation = np.corrcoef(back[:n], original[:n])[0, 1]
+    assert correlation > 0.99
+
+
+def test_resampling_preserves_a_sine_frequency(tmp_path):
+    frequency, seconds = 1234.0, 1.0
+    t = np.arange(int(8000 * seconds)) / 8000
+    path = tmp_path / "sine8k.wav"
+    soundfile.write(path, 0.5 * np.sin(2 * np.pi * frequency * t), 8000, subtype="PCM_16")
+
+    signal = load_audio(path, 16000)
+
+    assert len(signal) == 16000
+    spectrum = np.abs(np.fft.rfft(signal * np.hanning(len(signal))))
+    peak_hz = np.argmax(spectrum) * 16000 / len(signal)
+    assert abs(peak_hz - frequency) <= 1.0
+    # Amplitude kept away from the edges (the abrupt start and end ring in any resampler).
+    middle = signal[4000:12000]
+    assert np.sqrt(np.mean(middle ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.01)
+
+
+def test_resample_same_rate_is_identity():
+    signal = np.random.default_rng(3).uniform(-1, 1, 1000).astype(np.float32)
+    np.testing.assert_array_equal(resample(signal, 16000, 16000), signal)
+
+
+def test_stereo_is_mixed_down_with_a_warning(tmp_path):
+    t = np.arange(1600) / 16000
+    left = 0.25 * np.sin(2 * np.pi * 300 * t)
+    right = 0.5 * np.sin(2 * np.pi * 700 * t)
+    path = tmp_path / "stereo_take.wav"
+    soundfile.write(path, np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    with pytest.warns(UserWarning, match="stereo_take.wav"):
+        signal = load_audio(path, 16000)
+    assert signal.shape == (1600,)
+    np.testing.assert_allclose(signal, (left + right) / 2, atol=1e-7)
+
+
+def test_corrupt_file_raises_audio_error_naming_it(tmp_path):
+    path = tmp_path / "broken.wav"
+    path.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 4)
+    with pytest.raises(AudioError, match="broken.wav") as caught:
+        load_audio(path, 16000)
+    assert caught.value.path == str(path)
+    with pytest.raises(AudioError, match="broken.wav"):
+        audio_duration(path)
+
+
+def test_missing_file_raises_audio_error_naming_it(tmp_path):
+    path = tmp_path / "nowhere.flac"
+    with pytest.raises(AudioError, match="nowhere.flac"):
+        load_audio(path, 16000)
+    with pytest.raises(AudioError, match="nowhere.flac"):
+        audio_duration(path)

@@ -1,0 +1,569 @@
+"""LibriSpeech preparer: real archives built from the shared sample, served over a real local HTTP server."""
+import hashlib
+import http.server
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from mindaudio.data.archives import (ChecksumError, UnsafeArchiveError, check_member, download_archive,
+                                     safe_extract, verification_marker, verify_archive)
+from mindaudio.data.librispeech import (ARCHIVES, PreparationError, main, parse_bool,
+                                        prepare_librispeech)
+
+REAL_SUBSETS = ("test-clean", "dev-clean", "train-clean-100")
+# The sample has no utterances of these subsets: each gets one real recording under a new id, so
+# every split can be prepared and the multi-archive splits really merge several subsets.
+SYNTHETIC_SUBSETS = {"dev-other": "9001-1", "test-other": "9002-1", "train-clean-360": "9003-1",
+                     "train-other-500": "9004-1"}
+NOWHERE = "http://127.0.0.1:9"  # nothing listens there: any download attempt fails loudly
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures: a LibriSpeech/ tree, its seven archives, an HTTP server
+
+def _read_trans(tree: Path):
+    """{utt-id: (text, flac path)} straight from the trans.txt files of an extracted tree."""
+    found = {}
+    for trans in tree.rglob("*.trans.txt"):
+        for line in trans.read_text().splitlines():
+            uid, text = line.split(" ", 1)
+            found[uid] = (text, trans.parent / f"{uid}.flac")
+    return found
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, librispeech_mini):
+    """A `LibriSpeech/` tree holding all seven subsets (three real, four with one borrowed recording)."""
+    tree = tmp_path_factory.mktemp("corpus") / "LibriSpeech"
+    for subset in REAL_SUBSETS:
+        shutil.copytree(librispeech_mini / subset, tree / subset)
+    donor_text, donor_flac = next(iter(sorted(_read_trans(librispeech_mini / "dev-clean").values())))
+    for subset, chapter in SYNTHETIC_SUBSETS.items():
+        speaker, book = chapter.split("-")
+        folder = tree / subset / speaker / book
+        folder.mkdir(parents=True)
+        shutil.copy(donor_flac, folder / f"{chapter}-0000.flac")
+        (folder / f"{chapter}.trans.txt").write_text(f"{chapter}-0000 {donor_text}\n")
+    return tree
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory, corpus):
+    """(folder with the seven `<subset>.tar.gz`, {archive name: md5})."""
+    folder = tmp_path_factory.mktemp("archives")
+    for archive in ARCHIVES:
+        with tarfile.open(folder / archive.name, "w:gz") as tar:
+            tar.add(corpus / archive.subset, arcname=f"LibriSpeech/{archive.subset}")
+    return folder, {archive.name: _md5(folder / archive.name) for archive in ARCHIVES}
+
+
+class ArchiveServer:
+    """A real HTTP server on 127.0.0.1 serving one folder, with Range support and scripted failures."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.requests = []          # (file name, Range header or None)
+        self.drop_once = set()      # names whose next response stops half-way, then are served normally
+        self.stall = set()          # names whose responses stop half-way and hang until `release`
+        self.release = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                server.requests.append((name, self.headers.get("Range")))
+                path = server.folder / name
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    if start >= len(data):
+                        self.send_error(416)
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if name in server.drop_once or name in server.stall:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    if name in server.stall:
+                        server.release.wait(30)
+                    server.drop_once.discard(name)
+                    return  # HTTP/1.0: returning closes the connection mid-body
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/resources/12"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path, archives):
+    folder = tmp_path / "served"
+    shutil.copytree(archives[0], folder)
+    served = ArchiveServer(folder)
+    yield served
+    served.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Checking a prepared split against the source tree, independently of the code under test
+
+EXPECTED_SUBSETS = {"train": ["train-clean-100", "train-clean-360", "train-other-500"],
+                    "val": ["dev-clean", "dev-other"], "test_clean": ["test-clean"],
+                    "test_other": ["test-other"]}
+
+
+def check_split(root: Path, split: str, corpus: Path, skip=()):
+    expected = {}
+    for subset in EXPECTED_SUBSETS[split]:
+        expected.update(_read_trans(corpus / subset))
+    for uid in skip:
+        expected.pop(uid)
+    split_dir = root / split
+    manifest = json.loads((split_dir / f"libri_{split}_manifest.json").read_text())
+    assert manifest["root_path"] == str(split_dir.resolve())
+    ids = [Path(sample["wav_path"]).stem for sample in manifest["samples"]]
+    assert ids == sorted(expected)
+    for sample, uid in zip(manifest["samples"], ids):
+        assert sample["wav_path"] == f"wav/{uid}.wav" and sample["txt_path"] == f"txt/{uid}.txt"
+        text, flac = expected[uid]
+        assert (split_dir / sample["txt_path"]).read_text() == text
+        wav_path = split_dir / sample["wav_path"]
+        info = sf.info(str(wav_path))
+        assert (info.format, info.subtype, info.samplerate, info.channels) == ("WAV", "PCM_16", 16000, 1)
+        reference, rate = sf.read(str(flac), dtype="int16")
+        assert rate == 16000
+        written, _ = sf.read(str(wav_path), dtype="int16")
+        np.testing.assert_array_equal(written, reference)
+        assert sample["duration"] == pytest.approx(len(reference) / 16000, abs=1e-9)
+        assert isinstance(sample["duration"], float)
+    return manifest
+
+
+def snapshot(root: Path):
+    """{relative path: (mtime_ns, size)} of every file and folder under root."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            stat = path.lstat()
+            found[str(path.relative_to(root))] = (stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Download
+
+def test_download_resumes_after_dropped_connection(tmp_path, server, archives):
+    name = "test-clean.tar.gz"
+    size = (archives[0] / name).stat().st_size
+    server.drop_once.add(name)
+    path = download_archive(f"{server.url}/{name}", tmp_path / name, archives[1][name],
+                            retries=2, retry_delay=0, progress=False)
+    assert path.read_bytes() == (archives[0] / name).read_bytes()
+    assert server.requests == [(name, None), (name, f"bytes={size // 2}-")]
+    assert not (tmp_path / f"{name}.part").exists()
+    assert json.loads(verification_marker(path).read_text())["md5"] == archives[1][name]
+
+
+def test_corrupt_download_is_rejected_then_fetched_again(tmp_path, server, archives):
+    name = "test-clean.tar.gz"
+    good = (archives[0] / name).read_bytes()
+    corrupted = bytearray(good)
+    corrupted[len(good) // 2] ^= 0xFF
+    (server.folder / name).write_bytes(bytes(corrupted))
+    target = tmp_path / "downloads"
+    target.mkdir()
+    with pytest.raises(ChecksumError, match=name):
+        download_archive(f"{server.url}/{name}", target / name, archives[1][name], progress=False)
+    assert list(target.iterdir()) == []  # neither the archive nor the .part is kept
+    (server.folder / name).write_bytes(good)
+    download_archive(f"{server.url}/{name}", target / name, archives[1][name], progress=False)
+    assert (target / name).read_bytes() == good
+
+
+def test_download_gives_up_on_missing_file(tmp_path, server):
+    with pytest.raises(Exception, match="404"):
+        download_archive(f"{server.url}/nope.tar.gz", tmp_path / "nope.tar.gz", "0" * 32, progress=False)
+
+
+def test_verification_is_cached_by_size_and_mtime(tmp_path, archives):
+    name = "dev-clean.tar.gz"
+    path = tmp_path / name
+    shutil.copy(archives[0] / name, path)
+    verify_archive(path, archives[1][name])
+    stat = path.stat()
+    # Same size and mtime but different bytes: a cached check must not re-read the file ...
+    path.write_bytes(b"\0" * stat.st_size)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    verify_archive(path, archives[1][name])
+    # ... while any change of mtime makes it hash again and notice.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(ChecksumError, match=name):
+        verify_archive(path, archives[1][name])
+    assert not verification_marker(path).exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Whole preparation
+
+def test_prepare_over_http_then_second_run_changes_nothing(tmp_path, server, archives, corpus, capsys):
+    root = tmp_path / "data"
+    server.drop_once.add("dev-clean.tar.gz")
+    summary = prepare_librispeech(root, splits=["test_clean", "val"], workers=2, base_url=server.url,
+                                  archive_md5s=archives[1], progress=False)
+    # Only the archives of the requested splits, and the dropped one resumed.
+    fetched = [name for name, _ in server.requests]
+    assert sorted(set(fetched)) == ["dev-clean.tar.gz", "dev-other.tar.gz", "test-clean.tar.gz"]
+    assert ("dev-clean.tar.gz", None) in server.requests
+    assert any(name == "dev-clean.tar.gz" and rng and rng != "bytes=0-" for name, rng in server.requests)
+    for split in ("test_clean", "val"):
+        check_split(root, split, corpus)
+    assert summary.problems == []
+    assert [s.utterances for s in summary.splits] == [6, 8]
+    assert summary.utterances == 14 and summary.splits[1].converted == 8
+    assert "test_clean: 6 utterances" in capsys.readouterr().out
+
+    before = snapshot(root)
+    server.requests.clear()
+    again = prepare_librispeech(root, splits=["test_clean", "val"], workers=2, base_url=server.url,
+                                archive_md5s=archives[1], progress=False)
+    assert server.requests == []
+    assert snapshot(root) == before
+    assert [s.converted for s in again.splits] == [0, 0]
+    assert again.utterances == summary.utterances
+    assert again.audio_seconds == pytest.approx(summary.audio_seconds)
+
+
+def test_data_ready_with_archives_prepares_all_splits(tmp_path, archives, corpus):
+    root = tmp_path / "data"
+    shutil.copytree(archives[0], root)
+    summary = prepare_librispeech(root, data_ready=True, workers=1, base_url=NOWHERE,
+                                  archive_md5s=archives[1], progress=False, verbose=False)
+    assert [s.split for s in summary.splits] == ["train", "val", "test_clean", "test_other"]
+    for split in EXPECTED_SUBSETS:
+        check_split(root, split, corpus)
+    assert [s.utterances for s in summary.splits] == [3, 8, 6, 1]
+
+    before = snapshot(root)
+    prepare_librispeech(root, data_ready=True, workers=1, base_url=NOWHERE, archive_md5s=archives[1],
+                        progress=False, verbose=False)
+    assert snapshot(root) == before
+
+
+def test_data_ready_with_extracted_tree(tmp_path, corpus):
+    root = tmp_path / "data"
+    shutil.copytree(corpus, root / "LibriSpeech")
+    prepare_librispeech(root, splits=["test_clean", "train"], data_ready=True, workers=1,
+                        base_url=NOWHERE, progress=False, verbose=False)
+    check_split(root, "test_clean", corpus)
+    check_split(root, "train", corpus)
+    assert not (root / "val").exists()
+
+
+def test_data_ready_names_every_missing_input(tmp_path, corpus):
+    root = tmp_path / "data"
+    shutil.copytree(corpus / "dev-clean", root / "LibriSpeech" / "dev-clean")
+    with pytest.raises(PreparationError) as raised:
+        prepare_librispeech(root, splits=["val", "test_other"], data_ready=True, base_url=NOWHERE,
+                            progress=False, verbose=False)
+    message = str(raised.value)
+    assert "dev-other.tar.gz" in message and "LibriSpeech/dev-other" in message
+    assert "test-other.tar.gz" in message
+    assert "dev-clean" not in message
+    assert not (root / "val").exists()
+
+
+def test_corrupt_archive_in_root_is_set_aside(tmp_path, archives):
+    root = tmp_path / "data"
+    root.mkdir()
+    name = "test-clean.tar.gz"
+    data = bytearray((archives[0] / name).read_bytes())
+    data[100] ^= 0x01
+    (root / name).write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=name):
+        prepare_librispeech(root, splits=["test_clean"], data_ready=True, archive_md5s=archives[1],
+                            base_url=NOWHERE, progress=False, verbose=False)
+    assert not (root / name).exists()
+    assert (root / f"{name}.corrupt").read_bytes() == bytes(data)
+    assert not (root / "LibriSpeech").exists()
+
+
+def test_bad_audio_and_unpaired_transcripts_are_reported(tmp_path, corpus, capsys):
+    root = tmp_path / "data"
+    subset = root / "LibriSpeech" / "test-clean"
+    shutil.copytree(corpus / "test-clean", subset)
+    chapter = subset / "1089" / "134686"
+    truncated = chapter / "1089-134686-0001.flac"
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    garbage = chapter / "1089-134686-0002.flac"
+    garbage.write_bytes(b"not a flac file " * 500)
+    trans = chapter / "1089-134686.trans.txt"
+    trans.write_text(trans.read_text() + "1089-134686-0099 A LINE WITH NO RECORDING\n")
+    orphan = chapter / "1089-134686-0050.flac"
+    shutil.copy(chapter / "1089-134686-0000.flac", orphan)
+
+    summary = prepare_librispeech(root, splits=["test_clean"], data_ready=True, workers=2,
+                                  base_url=NOWHERE, progress=False)
+    problems = {(p.kind, Path(p.path).name) for p in summary.problems}
+    assert problems == {("unreadable audio", truncated.name), ("unreadable audio", garbage.name),
+                        ("transcript without audio", trans.name),
+                        ("audio without transcript", orphan.name)}
+    assert any("1089-134686-0099" in p.detail for p in summary.problems)
+    check_split(root, "test_clean", corpus, skip=["1089-134686-0001", "1089-134686-0002"])
+    assert summary.utterances == 4
+    out = capsys.readouterr().out
+    assert "problems: 4" in out
+    for path in (truncated, garbage, trans, orphan):
+        assert str(path) in out
+    assert sorted(p.name for p in (root / "test_clean" / "wav").iterdir()) == [
+        "1089-134686-0000.wav", "1089-134686-0037.wav", "1089-134691-0000.wav", "1089-134691-0001.wav"]
+
+
+def test_resamples_and_downmixes_other_input(tmp_path, fsdd_dir, corpus):
+    root = tmp_path / "data"
+    chapter = root / "LibriSpeech" / "test-other" / "7" / "1"
+    chapter.mkdir(parents=True)
+    digit_path = sorted((fsdd_dir / "recordings").glob("*.wav"))[0]
+    digit, digit_rate = sf.read(str(digit_path), dtype="int16")
+    assert digit_rate == 8000
+    sf.write(str(chapter / "7-1-0000.flac"), digit, 8000, subtype="PCM_16")
+    speech, _ = sf.read(str(next((corpus / "test-clean").rglob("*.flac"))), dtype="int16")
+    stereo = np.stack([speech, (speech // 2)], axis=1)
+    sf.write(str(chapter / "7-1-0001.flac"), stereo, 16000, subtype="PCM_16")
+    (chapter / "7-1.trans.txt").write_text("7-1-0000 ZERO\n7-1-0001 STEREO SPEECH\n")
+
+    summary = prepare_librispeech(root, splits=["test_other"], data_ready=True, workers=1,
+                                  base_url=NOWHERE, progress=False, verbose=False)
+    assert summary.problems == []
+    upsampled, rate = sf.read(str(root / "test_other" / "wav" / "7-1-0000.wav"), dtype="int16")
+    assert rate == 16000 and upsampled.ndim == 1
+    reference = resample_poly(digit.astype(np.float64), 2, 1)
+    assert abs(len(upsampled) - len(reference)) <= 2
+    n = min(len(upsampled), len(reference))
+    assert np.corrcoef(upsampled[:n], reference[:n])[0, 1] > 0.99
+    manifest = json.loads((root / "test_other" / "libri_test_other_manifest.json").read_text())
+    assert manifest["samples"][0]["duration"] == pytest.approx(len(digit) / 8000, abs=2e-4)
+    mono, _ = sf.read(str(root / "test_other" / "wav" / "7-1-0001.wav"), dtype="int16")
+    expected = np.round((stereo[:, 0].astype(np.float64) + stereo[:, 1]) / 2)
+    np.testing.assert_array_equal(mono, expected.astype(np.int16))
+
+
+# --------------------------------------------------------------------------------------------
+# Interruptions
+
+def test_interrupted_extraction_and_conversion_resume(tmp_path, archives, corpus):
+    """The state a `kill -9` can leave: no extraction marker, a damaged extracted file, a half
+    written temporary WAV, missing WAVs and manifest. A rerun repairs all of it."""
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(archives[0] / "test-clean.tar.gz", root)
+    prepare_librispeech(root, splits=["test_clean"], data_ready=True, workers=1, base_url=NOWHERE,
+                        archive_md5s=archives[1], progress=False, verbose=False)
+    (root / "LibriSpeech" / ".test-clean.extracted").unlink()
+    damaged = next((root / "LibriSpeech" / "test-clean").rglob("*.flac"))
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    wav_dir = root / "test_clean" / "wav"
+    (wav_dir / f"{damaged.stem}.wav").unlink()
+    (wav_dir / "1089-134691-0001.wav").unlink()
+    (wav_dir / ".1089-134691-0001.wav.tmp").write_bytes(b"RIFF half a file")
+    (root / "test_clean" / "libri_test_clean_manifest.json").unlink()
+
+    summary = prepare_librispeech(root, splits=["test_clean"], data_ready=True, workers=1,
+                                  base_url=NOWHERE, archive_md5s=archives[1], progress=False,
+                                  verbose=False)
+    assert summary.problems == [] and summary.splits[0].converted == 2
+    check_split(root, "test_clean", corpus)
+    assert not list(wav_dir.glob(".*"))
+
+
+def _wait_for(condition, seconds=60.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_download_killed_with_sigkill_resumes(tmp_path, server, archives, corpus, repo_root):
+    name = "test-clean.tar.gz"
+    size = (archives[0] / name).stat().st_size
+    part = tmp_path / "data" / f"{name}.part"
+    server.stall.add(name)
+    process = subprocess.Popen(
+        [sys.executable, "mindaudio/data/librispeech.py", "--root_path", str(tmp_path / "data"),
+         "--splits", "test_clean", "--base_url", server.url, "--workers", "1"],
+        cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: part.exists() and part.stat().st_size == size // 2)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    server.stall.clear()
+    server.requests.clear()
+    prepare_librispeech(tmp_path / "data", splits=["test_clean"], workers=1, base_url=server.url,
+                        archive_md5s=archives[1], progress=False, verbose=False)
+    assert server.requests == [(name, f"bytes={size // 2}-")]
+    check_split(tmp_path / "data", "test_clean", corpus)
+
+
+# --------------------------------------------------------------------------------------------
+# Safe extraction
+
+def _tar_with(path: Path, build):
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("LibriSpeech/test-clean/ok.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"ok"))
+        build(tar)
+    return path
+
+
+def _file(name):
+    def build(tar):
+        info = tarfile.TarInfo(name)
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    return build
+
+
+def _link(name, target, kind=tarfile.SYMTYPE, then_file=None):
+    def build(tar):
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.linkname = target
+        tar.addfile(info)
+        if then_file:
+            _file(then_file)(tar)
+    return build
+
+
+def _link_chain(tar):
+    # Each target alone looks inside, but the second is resolved through the first link: really
+    # LibriSpeech/a/here -> LibriSpeech, so here/../.. is the folder above the destination.
+    _link("LibriSpeech/a/here", "..")(tar)
+    _link("LibriSpeech/a/up", "here/../..")(tar)
+
+
+MALICIOUS = [
+    ("/tmp/evil-absolute.txt", _file("/tmp/evil-absolute.txt")),
+    ("LibriSpeech/../../evil.txt", _file("LibriSpeech/../../evil.txt")),
+    ("LibriSpeech/abs-link", _link("LibriSpeech/abs-link", "/tmp")),
+    ("LibriSpeech/rel-link", _link("LibriSpeech/rel-link", "../../outside", then_file="LibriSpeech/rel-link/x")),
+    ("LibriSpeech/hard", _link("LibriSpeech/hard", "../outside/file", kind=tarfile.LNKTYPE)),
+    ("LibriSpeech/a/up", _link_chain),
+]
+MALICIOUS_IDS = ["absolute", "dotdot", "symlink-absolute", "symlink-outside", "hardlink-outside", "link-chain"]
+
+
+@pytest.mark.parametrize("member, build", MALICIOUS, ids=MALICIOUS_IDS)
+def test_malicious_tar_members_are_refused(tmp_path, member, build):
+    (tmp_path / "outside").mkdir()
+    archive = _tar_with(tmp_path / "evil.tar.gz", build)
+    with pytest.raises(UnsafeArchiveError) as raised:
+        safe_extract(archive, tmp_path / "dest", progress=False)
+    assert repr(member) in str(raised.value) and "evil.tar.gz" in str(raised.value)
+    assert list((tmp_path / "outside").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "evil.tar.gz", "outside"]
+    assert not Path("/tmp/evil-absolute.txt").exists()
+
+
+@pytest.mark.parametrize("member, build", MALICIOUS, ids=MALICIOUS_IDS)
+def test_own_member_check_refuses_without_tarfile_filter(tmp_path, member, build):
+    """The same members, checked by our own code alone (tarfile's "data" filter is only in newer Pythons)."""
+    archive = _tar_with(tmp_path / "evil.tar.gz", build)
+    root = tmp_path / "dest"
+    (root / "LibriSpeech" / "a").mkdir(parents=True)
+    os.symlink("..", root / "LibriSpeech" / "a" / "here")  # what the link-chain's first member makes
+    with tarfile.open(archive) as tar:
+        infos = {info.name: info for info in tar.getmembers()}
+    check_member(archive, infos["LibriSpeech/test-clean/ok.txt"], str(root.resolve()))
+    with pytest.raises(UnsafeArchiveError, match="refusing tar member"):
+        check_member(archive, infos[member], str(root.resolve()))
+
+
+def test_links_inside_the_destination_are_extracted(tmp_path):
+    archive = _tar_with(tmp_path / "fine.tar.gz", _link("LibriSpeech/alias.txt", "test-clean/ok.txt"))
+    assert safe_extract(archive, tmp_path / "dest", progress=False) == 2
+    assert (tmp_path / "dest" / "LibriSpeech" / "alias.txt").read_text() == "ok"
+
+
+def test_malicious_archive_stops_preparation(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    archive = _tar_with(root / "test-clean.tar.gz", _link("LibriSpeech/test-clean/up", "/etc"))
+    with pytest.raises(UnsafeArchiveError, match="LibriSpeech/test-clean/up"):
+        prepare_librispeech(root, splits=["test_clean"], data_ready=True, base_url=NOWHERE,
+                            archive_md5s={"test-clean.tar.gz": _md5(archive)}, progress=False,
+                            verbose=False)
+    assert not (root / "LibriSpeech" / ".test-clean.extracted").exists()
+    assert not (root / "test_clean").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+def test_cli_from_repo_root(tmp_path, corpus, repo_root):
+    root = tmp_path / "data"
+    shutil.copytree(corpus / "test-clean", root / "LibriSpeech" / "test-clean")
+    done = subprocess.run(
+        [sys.executable, "mindaudio/data/librispeech.py", "--root_path", str(root), "--data_ready", "True",
+         "--splits", "test_clean"], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "test_clean: 6 utterances" in done.stdout
+    check_split(root, "test_clean", corpus)
+
+    missing = subprocess.run(
+        [sys.executable, "mindaudio/data/librispeech.py", "--root_path", str(root), "--data_ready", "true",
+         "--splits", "test_other"], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "test-other.tar.gz" in missing.stderr
+
+
+def test_main_rejects_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["--root_path", str(tmp_path), "--data_ready", "maybe"])
+    assert raised.value.code == 2
+    assert main(["--root_path", str(tmp_path), "--data_ready", "True", "--splits", "dev"]) == 1
+    assert "unknown split 'dev'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [("True", True), ("false", False), ("1", True), ("No", False)])
+def test_parse_bool(text, value):
+    assert parse_bool(text) is value

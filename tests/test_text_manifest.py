@@ -1,0 +1,267 @@
+"""Character labels and manifests, with real LibriSpeech files in temporary directories."""
+import mindaudio  # noqa: F401  (sets the oneDNN ISA before anything imports mindspore)
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+
+from mindaudio.config import DEFAULT_LABELS
+from mindaudio.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
+from mindaudio.data.text import CharTokenizer
+
+YAML_LABELS = ["'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [" ", "_"]
+
+
+@pytest.fixture(scope="module")
+def librispeech_utterances(librispeech_mini):
+    """(flac path, transcript) for every utterance of the mini set, read from the trans.txt."""
+    pairs = []
+    for trans in sorted(librispeech_mini.glob("*/*/*/*.trans.txt")):
+        for line in trans.read_text(encoding="utf-8").splitlines():
+            utterance_id, text = line.split(" ", 1)
+            pairs.append((trans.parent / f"{utterance_id}.flac", text))
+    assert len(pairs) >= 10
+    return pairs
+
+
+# --- CharTokenizer ----------------------------------------------------------------------------
+
+def test_config_labels_are_the_yaml_labels():
+    assert DEFAULT_LABELS == YAML_LABELS
+
+
+def test_encode_uses_label_positions_and_upper_cases():
+    tokenizer = CharTokenizer(YAML_LABELS)
+    assert tokenizer.blank_id == 28 == len(YAML_LABELS) - 1
+    ids, unknown = tokenizer.encode("don't Go")
+    assert ids == [4, 15, 14, 0, 20, 27, 7, 15]  # D O N ' T space G O in the yaml order
+    assert unknown == set()
+
+
+def test_characters_outside_labels_are_removed_and_reported():
+    tokenizer = CharTokenizer(YAML_LABELS)
+    ids, unknown = tokenizer.encode("It's 3 o'clock! ÉTÉ_")
+    assert unknown == {"3", "!", "É", "_"}
+    assert tokenizer.decode(ids) == "IT'S  O'CLOCK T"
+    assert tokenizer.blank_id not in ids
+
+
+def test_round_trip_of_real_transcripts(librispeech_utterances):
+    tokenizer = CharTokenizer(YAML_LABELS)
+    for _, text in librispeech_utterances:
+        ids, unknown = tokenizer.encode(text.lower())
+        assert unknown == set(), text
+        assert len(ids) == len(text)
+        assert tokenizer.decode(ids) == text
+
+
+def test_decode_skips_blanks_and_accepts_numpy_ids():
+    tokenizer = CharTokenizer(YAML_LABELS)
+    ids = np.array([8, 28, 9, 28, 28], dtype=np.int32)
+    assert tokenizer.decode(ids) == "HI"
+
+
+@pytest.mark.parametrize("bad_id", [-1, 29, 1000])
+def test_decode_rejects_ids_outside_the_labels(bad_id):
+    with pytest.raises(ValueError, match=str(bad_id)):
+        CharTokenizer(YAML_LABELS).decode([1, bad_id])
+
+
+@pytest.mark.parametrize("labels,message", [
+    (["A", "B", "A", "_"], "duplicates"),
+    (["A", "B", " "], "blank"),
+    (["_", "A", "B"], "last"),
+    (["A", "BC", "_"], "one character"),
+])
+def test_invalid_labels_are_rejected(labels, message):
+    with pytest.raises(ValueError, match=message):
+        CharTokenizer(labels)
+
+
+# --- manifests --------------------------------------------------------------------------------
+
+def make_dataset(root, utterances):
+    """Copy the utterances into root/wav and root/txt as the original's preparation lays them out.
+
+    Returns the original-form sample entries (paths relative to root).
+    """
+    (root / "wav").mkdir(parents=True)
+    (root / "txt").mkdir()
+    samples = []
+    for flac, text in utterances:
+        shutil.copyfile(flac, root / "wav" / flac.name)
+        (root / "txt" / f"{flac.stem}.txt").write_text(text + "\n", encoding="utf-8")
+        samples.append({"wav_path": f"wav/{flac.name}", "txt_path": f"txt/{flac.stem}.txt"})
+    return samples
+
+
+def header_duration(path):
+    data, sample_rate = soundfile.read(path)
+    return len(data) / sample_rate
+
+
+def test_read_original_form(tmp_path, librispeech_utterances):
+    chosen = librispeech_utterances[:3]
+    root = tmp_path / "data"
+    samples = make_dataset(root, chosen)
+    samples[0]["duration"] = 12.5  # given durations are trusted; absent ones come from the audio
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"root_path": str(root), "samples": samples}))
+
+    utterances = read_manifest(manifest)
+
+    assert [u.id for u in utterances] == [flac.stem for flac, _ in chosen]
+    assert [u.transcript for u in utterances] == [text for _, text in chosen]
+    for utterance, (flac, _) in zip(utterances, chosen):
+        assert isinstance(utterance, Utterance)
+        assert os.path.isabs(utterance.audio_path)
+        assert utterance.audio_path == str(root / "wav" / flac.name)
+    assert utterances[0].duration == 12.5
+    for utterance in utterances[1:]:
+        assert utterance.duration == pytest.approx(header_duration(utterance.audio_path))
+
+
+def test_absolute_paths_are_kept_and_transcript_is_first_line_stripped(tmp_path,
+                                                                       librispeech_utterances):
+    flac, text = librispeech_utterances[0]
+    transcript_file = tmp_path / "elsewhere" / "t.txt"
+    transcript_file.parent.mkdir()
+    transcript_file.write_text(f"  {text}  \nsecond line is ignored\n", encoding="utf-8")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"root_path": str(tmp_path / "unused"), "samples": [
+        {"wav_path": str(flac), "txt_path": str(transcript_file), "duration": 1.0}]}))
+
+    [utterance] = read_manifest(manifest)
+
+    assert utterance.audio_path == str(flac)
+    assert utterance.transcript == text
+
+
+def test_relative_root_path_is_relative_to_working_directory(tmp_path, monkeypatch,
+                                                             librispeech_utterances):
+    samples = make_dataset(tmp_path / "corpus", librispeech_utterances[:1])
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "m.json").write_text(json.dumps({"root_path": "corpus", "samples": samples}))
+    monkeypatch.chdir(tmp_path)
+    [utterance] = read_manifest("manifests/m.json")
+    assert utterance.audio_path == str(tmp_path / "corpus" / samples[0]["wav_path"])
+
+
+def test_write_then_read_round_trip(tmp_path, librispeech_utterances):
+    chosen = librispeech_utterances[3:6]
+    root = tmp_path / "data"
+    samples = make_dataset(root, chosen)
+    durations = [header_duration(flac) for flac, _ in chosen]
+    for sample, duration in zip(samples, durations):
+        sample["duration"] = duration
+    manifest = tmp_path / "out" / "libri_manifest.json"
+
+    write_manifest(manifest, root, samples)
+
+    assert sorted(os.listdir(manifest.parent)) == ["libri_manifest.json"]  # no temp left
+    document = json.loads(manifest.read_text())
+    assert document["root_path"] == str(root)
+    assert document["samples"] == samples
+    utterances = read_manifest(manifest)
+    assert [(u.transcript, u.duration) for u in utterances] == [
+        (text, duration) for (_, text), duration in zip(chosen, durations)]
+
+
+def test_write_replaces_an_existing_manifest(tmp_path, librispeech_utterances):
+    root = tmp_path / "data"
+    samples = make_dataset(root, librispeech_utterances[:2])
+    manifest = tmp_path / "m.json"
+    write_manifest(manifest, root, samples)
+    write_manifest(manifest, root, samples[:1])
+    assert len(read_manifest(manifest)) == 1
+
+
+def test_read_json_lines(tmp_path, librispeech_utterances):
+    chosen = librispeech_utterances[:2]
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    lines = []
+    for index, (flac, text) in enumerate(chosen):
+        shutil.copyfile(flac, audio_dir / flac.name)
+        entry = {"audio_filepath": f"audio/{flac.name}", "text": text.lower()}
+        if index == 0:
+            entry["duration"] = 3.25
+        lines.append(json.dumps(entry))
+    manifest = tmp_path / "nemo.jsonl"
+    manifest.write_text("\n".join(lines) + "\n\n")
+
+    utterances = read_manifest(manifest)
+
+    assert [u.audio_path for u in utterances] == [str(audio_dir / f.name) for f, _ in chosen]
+    assert [u.transcript for u in utterances] == [t.lower() for _, t in chosen]
+    assert utterances[0].duration == 3.25
+    assert utterances[1].duration == pytest.approx(header_duration(audio_dir / chosen[1][0].name))
+
+
+def test_missing_audio_names_manifest_and_file(tmp_path, librispeech_utterances):
+    samples = make_dataset(tmp_path / "data", librispeech_utterances[:2])
+    os.remove(tmp_path / "data" / samples[1]["wav_path"])
+    manifest = tmp_path / "broken_audio.json"
+    manifest.write_text(json.dumps({"root_path": str(tmp_path / "data"), "samples": samples}))
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(manifest)
+    message = str(caught.value)
+    assert "broken_audio.json" in message and samples[1]["wav_path"] in message
+
+
+def test_missing_transcript_names_manifest_and_file(tmp_path, librispeech_utterances):
+    samples = make_dataset(tmp_path / "data", librispeech_utterances[:1])
+    os.remove(tmp_path / "data" / samples[0]["txt_path"])
+    manifest = tmp_path / "broken_text.json"
+    manifest.write_text(json.dumps({"root_path": str(tmp_path / "data"), "samples": samples}))
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(manifest)
+    assert "broken_text.json" in str(caught.value)
+    assert samples[0]["txt_path"] in str(caught.value)
+
+
+def test_missing_manifest_is_named(tmp_path):
+    with pytest.raises(ManifestError, match="absent.json"):
+        read_manifest(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("content", [
+    '{"root_path": "/x", "samples": [',
+    '{"audio_filepath": "a.wav", "text": "A"}\n{"audio_filepath": ',
+    "not json at all",
+])
+def test_malformed_json_names_manifest(tmp_path, content):
+    manifest = tmp_path / "malformed.json"
+    manifest.write_text(content)
+    with pytest.raises(ManifestError, match="malformed.json"):
+        read_manifest(manifest)
+
+
+def test_corrupt_audio_without_duration_names_manifest(tmp_path):
+    (tmp_path / "bad.wav").write_bytes(b"garbage" * 10)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": "bad.wav", "text": "A"}) + "\n")
+    with pytest.raises(ManifestError, match="m.jsonl.*bad.wav"):
+        read_manifest(manifest)
+
+
+@pytest.mark.parametrize("duration", [-1.0, "long", True])
+def test_invalid_duration_is_rejected(tmp_path, librispeech_utterances, duration):
+    samples = make_dataset(tmp_path / "data", librispeech_utterances[:1])
+    samples[0]["duration"] = duration
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"root_path": str(tmp_path / "data"), "samples": samples}))
+    with pytest.raises(ManifestError, match="duration"):
+        read_manifest(manifest)
+
+
+def test_empty_manifest_is_rejected(tmp_path):
+    manifest = tmp_path / "empty.json"
+    manifest.write_text(json.dumps({"root_path": str(tmp_path), "samples": []}))
+    with pytest.raises(ManifestError, match="no utterances"):
+        read_manifest(manifest)

@@ -1,0 +1,30 @@
+"""Train DeepSpeech2: python train.py -c deepspeech2.yaml [--Section.key value ...]
+
+Data parallel: mpirun -n 8 python train.py -c deepspeech2.yaml (or msrun --worker_num=8 ...).
+"""
+import sys
+
+import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
+from mindaudio.config import ConfigError, parse_command_line
+
+
+def main(argv=None) -> int:
+    try:
+        config = parse_command_line(argv, "Train DeepSpeech2 with CTC on a manifest of utterances.")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from mindaudio.training.trainer import train
+    result = train(config)
+    print(f"finished: epoch {result.state.epoch}, step {result.state.global_step}, "
+          f"{result.state.skipped_steps} skipped step(s)")
+    if result.last_checkpoint:
+        print(f"last checkpoint: {result.last_checkpoint}")
+    if result.best_checkpoint:
+        print(f"best checkpoint: {result.best_checkpoint} (validation WER {result.state.best_wer:.2f}%)")
+    print(f"log: {result.log_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
