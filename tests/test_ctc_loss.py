@@ -78,7 +78,7 @@ def _batch():
     logits = rng.standard_normal((num_frames, batch, num_classes)).astype(np.float32) * 2
     logit_lengths = np.array([14, 9, 5], np.int32)
     labels = np.array([[0, 1, 1, 2, 2, 3],    # repeats: needs 8 frames
-                       [4, 4, 4, 0, 0, 0],    # triple repeat, padded with 0
+                       [4, 4, 4, -1, -1, -1], # triple repeat, padded with -1
                        [2, 3, 5, 5, 5, 5]],   # padded with the blank
                       np.int32)
     label_lengths = np.array([6, 3, 2], np.int32)

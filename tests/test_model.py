@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import nn
 
 from mindaudio.config import DEFAULT_LABELS, SpectConfig
-from mindaudio.models.deepspeech2 import (BidirectionalLSTMLayer, DeepSpeechModel, output_length,
+from mindaudio.models.deepspeech2 import (LSTMLayer, DeepSpeechModel, output_length,
                                           rnn_input_size)
 from mindaudio.models.loss import NetWithCTCLoss
 
@@ -245,7 +245,7 @@ def _layer_weights(layer, suffix):
 
 def test_masked_lstm_layer_matches_per_utterance_reference(execution_mode):
     rng = np.random.default_rng(4)
-    layer = BidirectionalLSTMLayer(12, 8, masked=True)
+    layer = LSTMLayer(12, 8, masked=True)
     x = rng.standard_normal((9, 3, 12)).astype(np.float32)
     lengths = np.array([9, 4, 6], np.int32)
     output = layer(ms.Tensor(x), ms.Tensor(lengths)).asnumpy()
@@ -259,7 +259,7 @@ def test_masked_lstm_layer_matches_per_utterance_reference(execution_mode):
 
 def test_unmasked_lstm_layer_is_the_original_bidirectional_lstm(execution_mode):
     rng = np.random.default_rng(5)
-    layer = BidirectionalLSTMLayer(12, 8, masked=False)
+    layer = LSTMLayer(12, 8, masked=False)
     original = nn.LSTM(12, 8, bidirectional=True)
     ours = dict((p.name, p) for p in layer.get_parameters())
     for p in original.get_parameters():

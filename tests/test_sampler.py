@@ -61,7 +61,7 @@ def test_filter_counts_each_reason_exactly():
         [1, 2, 2, 3],                 # needs 5, has 4: label too long
     ]
     kept, drops = filter_utterances(durations, labels, max_duration=3.0,
-                                    output_frames=frames_of)
+                                    output_frames_of_duration=frames_of)
     assert kept.tolist() == [0, 3]
     assert drops == DropCounts(too_long=2, empty_label=1, label_too_long=3)
     assert drops.total == 6

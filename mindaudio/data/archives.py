@@ -22,6 +22,9 @@ from tqdm import tqdm
 PathLike = Union[str, os.PathLike]
 
 _CHUNK_BYTES = 1 << 20
+# tarfile's extraction filters (and their error) exist from Python 3.12 and late 3.8-3.11 patches.
+_HAS_TAR_FILTERS = hasattr(tarfile, "data_filter")
+_TAR_FILTER_ERRORS = (tarfile.FilterError,) if _HAS_TAR_FILTERS else ()
 # HTTP statuses worth retrying; anything else (404, 403, ...) will not fix itself.
 _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
@@ -248,7 +251,7 @@ def safe_extract(archive: PathLike, destination: PathLike, progress: bool = True
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     root = os.path.realpath(destination)
-    extract_options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    extract_options = {"filter": "data"} if _HAS_TAR_FILTERS else {}
     count = 0
     try:
         with tarfile.open(archive, "r:*") as tar, tqdm(unit=" files", desc=f"extract {archive.name}",
@@ -257,7 +260,7 @@ def safe_extract(archive: PathLike, destination: PathLike, progress: bool = True
                 check_member(archive, member, root)
                 try:
                     tar.extract(member, root, **extract_options)
-                except tarfile.FilterError as error:
+                except _TAR_FILTER_ERRORS as error:
                     raise _refuse(archive, member, str(error)) from error
                 count += 1
                 bar.update(1)

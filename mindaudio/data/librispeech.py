@@ -180,22 +180,23 @@ def _wav_duration(path: str) -> Optional[float]:
     return info.frames / info.samplerate if info.frames > 0 else None
 
 
-def _prepare_audio(task: Tuple[str, str, str]) -> Tuple[str, Optional[float], bool, Optional[str]]:
-    """Worker: make sure `<id>.wav` exists. Returns (id, duration or None, converted now, error)."""
+def _convert_task(task: Tuple[str, str, str]) -> Tuple[str, Optional[float], Optional[str]]:
+    """Worker: convert one (id, flac, wav) task. Returns (id, duration or None, error or None)."""
     uid, flac, wav = task
-    duration = _wav_duration(wav) if os.path.exists(wav) else None
-    if duration is not None:
-        return uid, duration, False, None
     try:
-        return uid, flac_to_wav(Path(flac), Path(wav)), True, None
+        return uid, flac_to_wav(Path(flac), Path(wav)), None
     except Exception as error:  # one bad file must not stop the run: it is reported by name instead
-        return uid, None, False, f"{type(error).__name__}: {error}"
+        return uid, None, f"{type(error).__name__}: {error}"
 
 
 def _map_audio(tasks: Sequence[Tuple[str, str, str]], workers: int) -> Iterator:
-    """Run `_prepare_audio` over `tasks` in order, in `workers` processes (in-process for <= 1)."""
+    """Run `_convert_task` over `tasks` in order, in `workers` processes (in-process for <= 1).
+
+    Processes are spawned, so a script calling this must guard its entry point with
+    `if __name__ == "__main__":` (the usual multiprocessing rule).
+    """
     if workers <= 1 or len(tasks) <= 1:
-        yield from map(_prepare_audio, tasks)
+        yield from map(_convert_task, tasks)
         return
     # spawn, not fork: the caller may have started threads (MindSpore does) that a fork would copy
     # in a locked state.
@@ -203,7 +204,7 @@ def _map_audio(tasks: Sequence[Tuple[str, str, str]], workers: int) -> Iterator:
     workers = min(workers, len(tasks))
     chunk = max(1, min(64, len(tasks) // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        yield from pool.map(_prepare_audio, tasks, chunksize=chunk)
+        yield from pool.map(_convert_task, tasks, chunksize=chunk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,19 +313,31 @@ def prepare_split(root_path: Path, split: str, subset_dirs: Sequence[Path], work
         summary.problems.append(Problem("empty split", " ".join(map(str, subset_dirs)),
                                         "no utterance with both audio and transcript"))
 
-    ordered = sorted(utterances)
-    tasks = [(uid, str(utterances[uid].flac), str(wav_dir / f"{uid}.wav")) for uid in ordered]
-    samples = []
-    results = _map_audio(tasks, workers)
-    for uid, duration, converted, error in tqdm(results, total=len(tasks), unit=" utt",
-                                                desc=f"{split} wav", disable=not progress):
-        if error is not None:
+    # A WAV under its final name is complete (it was renamed there whole), so only missing or
+    # unreadable ones are converted; a rerun starts no worker at all.
+    durations: Dict[str, float] = {}
+    tasks = []
+    for uid in sorted(utterances):
+        wav = wav_dir / f"{uid}.wav"
+        duration = _wav_duration(str(wav)) if wav.exists() else None
+        if duration is None:
+            tasks.append((uid, str(utterances[uid].flac), str(wav)))
+        else:
+            durations[uid] = duration
+    for uid, duration, error in tqdm(_map_audio(tasks, workers), total=len(tasks), unit=" utt",
+                                     desc=f"{split} wav", disable=not progress):
+        if error is None:
+            durations[uid] = duration
+            summary.converted += 1
+        else:
             summary.problems.append(Problem("unreadable audio", str(utterances[uid].flac), error))
-            continue
+
+    samples = []
+    for uid in sorted(durations):
         _write_if_changed(txt_dir / f"{uid}.txt", utterances[uid].text)
-        samples.append({"wav_path": f"wav/{uid}.wav", "txt_path": f"txt/{uid}.txt", "duration": duration})
-        summary.converted += converted
-        summary.audio_seconds += duration
+        samples.append({"wav_path": f"wav/{uid}.wav", "txt_path": f"txt/{uid}.txt",
+                        "duration": durations[uid]})
+        summary.audio_seconds += durations[uid]
     summary.utterances = len(samples)
     _write_if_changed(Path(summary.manifest), _manifest_text(split_dir, samples))
     return summary
@@ -361,7 +374,7 @@ def _obtain_subset(root: Path, archive: LibriSpeechArchive, md5: str, data_ready
     """Make `root/LibriSpeech/<subset>/` complete (download, verify, extract as needed); returns it."""
     subset_dir = _subset_dir(root, archive)
     marker = _extraction_marker(root, archive)
-    if marker.exists():
+    if marker.exists() and subset_dir.is_dir():
         return subset_dir
     archive_path = root / archive.name
     if archive_path.exists():
@@ -387,6 +400,8 @@ def _missing_inputs(root: Path, archives: Iterable[LibriSpeechArchive]) -> List[
 
 
 def _normalise_splits(splits: Iterable[str]) -> List[str]:
+    if isinstance(splits, str):
+        splits = [splits]
     requested = []
     for entry in splits:
         for split in str(entry).replace(",", " ").split():

@@ -57,14 +57,14 @@ def deepspeech2_output_frames(input_frames: int) -> int:
 
 def filter_utterances(durations: Sequence[float], labels: Sequence[Sequence[int]],
                       max_duration: Optional[float] = None,
-                      output_frames: Optional[Callable[[float], int]] = None,
+                      output_frames_of_duration: Optional[Callable[[float], int]] = None,
                       ) -> Tuple[np.ndarray, DropCounts]:
     """Indices of the utterances to keep, and how many were dropped for each reason.
 
     durations: seconds per utterance; labels: label ids per utterance.
     max_duration: drop utterances longer than this (None keeps all lengths).
-    output_frames: CTC output frames of an utterance of a given duration (seconds); when given,
-    empty labels and labels needing more frames than that (`ctc_min_frames`) are dropped.
+    output_frames_of_duration: CTC output frames of an utterance lasting that many seconds; if
+    given, empty labels and labels needing more frames than that (`ctc_min_frames`) are dropped.
     Reasons are checked in the order too long, empty, label too long; each drop counts once.
     Returns (int64 (kept,) ascending, DropCounts).
     """
@@ -75,9 +75,10 @@ def filter_utterances(durations: Sequence[float], labels: Sequence[Sequence[int]
     for index, (duration, label) in enumerate(zip(durations, labels)):
         if max_duration is not None and duration > max_duration:
             too_long += 1
-        elif output_frames is not None and len(label) == 0:
+        elif output_frames_of_duration is not None and len(label) == 0:
             empty += 1
-        elif output_frames is not None and ctc_min_frames(label) > output_frames(duration):
+        elif (output_frames_of_duration is not None
+              and ctc_min_frames(label) > output_frames_of_duration(duration)):
             label_too_long += 1
         else:
             kept.append(index)

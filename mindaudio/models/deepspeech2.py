@@ -99,8 +99,8 @@ class MaskConv(nn.Cell):
         return x
 
 
-class BidirectionalLSTMLayer(nn.LSTM):
-    """One LSTM layer whose two directions' outputs are summed, as in the original.
+class LSTMLayer(nn.LSTM):
+    """One LSTM layer; when bidirectional, the two directions' outputs are summed (as the original).
 
     Subclassing nn.LSTM keeps the original's parameter names (`weight_ih_l0`, `..._reverse`) and
     reuses the device's own single-direction kernel (`self.rnn`: fused ops.LSTM on CPU/GPU,
@@ -152,7 +152,7 @@ class BatchRNN(nn.Cell):
         super().__init__()
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
         self.lstms = nn.CellList([
-            BidirectionalLSTMLayer(size, hidden_size, bidirectional=bidirectional, masked=masked)
+            LSTMLayer(size, hidden_size, bidirectional=bidirectional, masked=masked)
             for size in sizes])
         self._initialize_weights(rng if rng is not None else np.random.default_rng(), hidden_size)
 

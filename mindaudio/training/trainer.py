@@ -94,9 +94,7 @@ class Trainer:
         self.model = build_model(config, train_cfg.batch_size, seed=train_cfg.seed)
         loss_net = NetWithCTCLoss(self.model)
         weights = ParameterTuple(self.model.trainable_params())
-        self.learning_rate = ms.Parameter(Tensor(learning_rate_for_epoch(config, 0), ms.float32),
-                                          name="learning_rate")
-        self.optimizer = nn.Adam(weights, learning_rate=self.learning_rate, beta1=optim.betas[0],
+        self.optimizer = nn.Adam(weights, learning_rate=learning_rate_for_epoch(config, 0), beta1=optim.betas[0],
                                  beta2=optim.betas[1], eps=optim.epsilon, weight_decay=optim.weight_decay)
         accumulators = make_accumulators(weights)
         reducer = None
@@ -154,7 +152,8 @@ class Trainer:
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
             lr = learning_rate_for_epoch(self.config, epoch)
-            self.learning_rate.set_data(Tensor(lr, ms.float32))
+            # Adam reads the rate from this Parameter inside the compiled graph.
+            self.optimizer.learning_rate.set_data(Tensor(lr, ms.float32))
             batches = self.sampler.batches(epoch, start=self.state.batches_done)
             total = len(self.sampler)
             dataset = build_dataset(self.train_split, self.config.SpectConfig, batches,

@@ -1,0 +1,143 @@
+"""train.py and eval.py end to end on real LibriSpeech audio with a tiny model."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import mindaudio  # noqa: F401
+import mindspore as ms
+
+from corpus import librispeech_utterances, small_config_dict, write_manifest
+from mindaudio.config import config_from_dict
+from mindaudio.training.checkpoint import CheckpointManager, load_checkpoint
+from mindaudio.training.trainer import learning_rate_for_epoch
+
+# Four short utterances (2.7-5.5 s) keep every test here to seconds per step.
+SHORT_IDS = ("1089-134686-0001", "1089-134686-0037", "1988-24833-0000", "1988-24833-0001")
+
+
+@pytest.fixture(scope="module")
+def short_manifest(librispeech_mini, tmp_path_factory):
+    utterances = [u for u in librispeech_utterances(librispeech_mini) if u[0] in SHORT_IDS]
+    assert len(utterances) == len(SHORT_IDS)
+    return write_manifest(tmp_path_factory.mktemp("corpus"), utterances)
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_script(script: str, config: Path, repo_root: Path, *extra: str, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, script, "-c", str(config), *extra], cwd=repo_root,
+                          capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def model_weights(path: str) -> dict:
+    values, _ = load_checkpoint(path)
+    return {k: v.asnumpy() for k, v in values.items()}
+
+
+@pytest.mark.slow
+def test_train_then_eval_writes_checkpoints_log_plot_and_report(short_manifest, tmp_path, repo_root):
+    ckpt = tmp_path / "ckpt"
+    data = small_config_dict(short_manifest, ckpt, short_manifest, TrainingConfig={"epochs": 2})
+    config = write_yaml(tmp_path / "tiny.yaml", data)
+    run_script("train.py", config, repo_root)
+
+    manager = CheckpointManager(str(ckpt), "DeepSpeech", 3)
+    numbered = manager.numbered()
+    assert 1 <= len(numbered) <= 3, numbered  # keep_checkpoint_max = 3
+    assert os.path.isfile(manager.best_path)
+    values, state = load_checkpoint(numbered[-1])
+    assert state.epoch == 2 and state.batches_done == 0 and state.global_step == 4
+    # Optimizer state is saved under the original training cell's names.
+    for name in ("moment1.conv.conv1.weight", "moment2.fc.module.weight", "beta1_power", "learning_rate"):
+        assert name in values
+    np.testing.assert_allclose(values["learning_rate"].asnumpy(),
+                               learning_rate_for_epoch(config_from_dict(data), 1), rtol=1e-6)
+
+    records = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert all(0 <= r["val_wer"] <= 100 + 1e-9 for r in epochs)
+    assert len(steps) == 4 and all(np.isfinite(r["loss"]) for r in steps)
+    assert (ckpt / "train_log.png").stat().st_size > 1000
+
+    # eval.py picks the best checkpoint and scores every utterance exactly once.
+    proc = run_script("eval.py", config, repo_root)
+    report = json.loads((ckpt / "eval_report.json").read_text())
+    assert report["num_utterances"] == len(SHORT_IDS)
+    assert sorted(u["id"] for u in report["utterances"]) == sorted(SHORT_IDS)
+    assert "WER" in proc.stdout
+    assert 0 <= report["cer"] and 0 <= report["wer"]
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_then_resume_equals_an_uninterrupted_run(short_manifest, tmp_path, repo_root):
+    epochs = 2  # 2 batches per epoch: 4 optimizer steps in all
+    straight = write_yaml(tmp_path / "straight.yaml", small_config_dict(
+        short_manifest, tmp_path / "straight", TrainingConfig={"epochs": epochs}))
+    run_script("train.py", straight, repo_root)
+
+    ckpt = tmp_path / "killed"
+    killed = write_yaml(tmp_path / "killed.yaml", small_config_dict(
+        short_manifest, ckpt, TrainingConfig={"epochs": epochs}))
+    proc = subprocess.Popen([sys.executable, "train.py", "-c", str(killed)], cwd=repo_root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manager = CheckpointManager(str(ckpt), "DeepSpeech", 3)
+    deadline = time.time() + 600
+    try:
+        # Kill in the middle of the first epoch, right after its first mid-epoch checkpoint.
+        while time.time() < deadline and proc.poll() is None:
+            if manager.latest():
+                break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = manager.latest()
+    assert first is not None, "no checkpoint was written before the deadline"
+    _, state = load_checkpoint(first)
+    assert state.global_step < 2 * epochs, "the run finished before it could be killed"
+
+    resumed = run_script("train.py", killed, repo_root)
+    assert "resuming from" in resumed.stdout
+    want = model_weights(CheckpointManager(str(tmp_path / "straight"), "DeepSpeech", 3).latest())
+    got = model_weights(manager.latest())
+    assert set(want) == set(got)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_steps_with_non_finite_gradients_are_skipped_and_counted(short_manifest, tmp_path):
+    from mindaudio.models.build import build_model
+    from mindaudio.training.trainer import Trainer
+
+    # A loss scale of 3e38 overflows every gradient to inf in float32, as fp16 overflow would.
+    data = small_config_dict(short_manifest, tmp_path / "ckpt", OptimConfig={"loss_scale": 3e38})
+    config = config_from_dict(data)
+    trainer = Trainer(config, progress=False)
+    result = trainer.run()
+    assert result.state.skipped_steps == 2 and result.state.global_step == 0
+    initial = build_model(config, 2, seed=config.TrainingConfig.seed)
+    for before, after in zip(initial.trainable_params(), trainer.model.trainable_params()):
+        np.testing.assert_array_equal(before.asnumpy(), after.asnumpy(), err_msg=before.name)
+
+
+def test_learning_rate_is_annealed_per_epoch(short_manifest, tmp_path):
+    config = config_from_dict(small_config_dict(short_manifest, tmp_path, OptimConfig={
+        "learning_rate": 0.01, "learning_anneal": 2.0}))
+    assert [learning_rate_for_epoch(config, e) for e in range(3)] == [0.01, 0.005, 0.0025]
