@@ -109,6 +109,8 @@ class CheckpointConfig:
     save_checkpoint_steps: int = 1000
     # Resume from the newest checkpoint in `ckpt_path` when there is one.
     resume: bool = True
+    # Resume from this checkpoint instead of the newest one ('' = newest).
+    resume_from: str = ""
 
 
 @dataclass
@@ -145,9 +147,6 @@ class Config:
 
 
 # Config fields that name input files which must exist when set.
-_INPUT_FILE_KEYS = ("TrainingConfig.train_manifest", "TrainingConfig.val_manifest",
-                    "EvalConfig.test_manifest", "Pretrained_model", "AugmentationConfig.noise_dir")
-
 _CHOICES = {
     "ModelConfig.rnn_type": ("LSTM",),
     "EvalConfig.decoder_type": ("greedy",),

@@ -70,7 +70,8 @@ class Trainer:
     def __init__(self, config: Config, progress: bool = True):
         self.config = config
         train_cfg, ckpt_cfg, optim = config.TrainingConfig, config.CheckpointConfig, config.OptimConfig
-        check_files(config, ["TrainingConfig.train_manifest", "TrainingConfig.val_manifest", "Pretrained_model"])
+        check_files(config, ["TrainingConfig.train_manifest", "TrainingConfig.val_manifest", "Pretrained_model",
+                            "CheckpointConfig.resume_from"])
         self.runtime: Runtime = setup_runtime(config.runtime, train_cfg.seed)
         self.progress = progress and self.runtime.is_main
         self.tokenizer = CharTokenizer(config.labels)
@@ -116,7 +117,8 @@ class Trainer:
         cfg = self.config
         if self.runtime.is_main:
             self.checkpoints.remove_partials()
-        latest = self.checkpoints.latest() if cfg.CheckpointConfig.resume else None
+        latest = cfg.CheckpointConfig.resume_from or (
+            self.checkpoints.latest() if cfg.CheckpointConfig.resume else None)
         if latest:
             values, state = load_checkpoint(latest)
             if state is None:
