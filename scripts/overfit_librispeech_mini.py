@@ -1,0 +1,73 @@
+"""Overfit a small DeepSpeech2 on the 14 real LibriSpeech utterances in ../shared/data.
+
+A sanity check of the whole training path (features, masking, CTC, optimizer, checkpoints,
+greedy decoding): a model that can learn must drive the greedy CER on its own training set
+under 10%. Trains in rounds of --epochs_per_round epochs (each round resumes from the last
+checkpoint) and evaluates after each round, until the CER target or --max_epochs is reached.
+
+    python scripts/overfit_librispeech_mini.py [--work_dir runs/overfit] [--target_cer 10]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+import mindaudio  # noqa: E402,F401  (before mindspore)
+from corpus import librispeech_utterances, small_config_dict, write_manifest  # noqa: E402
+from mindaudio.config import config_from_dict  # noqa: E402
+from mindaudio.evaluation import run_evaluation  # noqa: E402
+from mindaudio.training.trainer import Trainer  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared_dir", default=str(REPO.parent / "shared"))
+    parser.add_argument("--work_dir", default=str(REPO / "runs" / "overfit"))
+    parser.add_argument("--hidden_size", type=int, default=256)
+    parser.add_argument("--hidden_layers", type=int, default=2)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--epochs_per_round", type=int, default=25)
+    parser.add_argument("--max_epochs", type=int, default=400)
+    parser.add_argument("--target_cer", type=float, default=10.0)
+    args = parser.parse_args()
+
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    utterances = librispeech_utterances(Path(args.shared_dir) / "data" / "librispeech_mini" / "LibriSpeech")
+    manifest = write_manifest(work, utterances)
+    data = small_config_dict(manifest, work / "ckpt", TrainingConfig={
+        "batch_size": 4, "bucket_boundaries": [4.0, 8.0, 12.0], "num_workers": 2, "log_interval": 5},
+        ModelConfig={"hidden_size": args.hidden_size, "hidden_layers": args.hidden_layers},
+        OptimConfig={"learning_rate": args.learning_rate, "learning_anneal": 1.0},
+        CheckpointConfig={"save_checkpoint_steps": 0, "keep_checkpoint_max": 2},
+        EvalConfig={"batch_size": 14, "test_manifest": str(manifest), "save_output": str(work / "overfit_report")})
+    start = time.perf_counter()
+    history = []
+    epochs = 0
+    while epochs < args.max_epochs:
+        epochs += args.epochs_per_round
+        data["TrainingConfig"]["epochs"] = epochs
+        config = config_from_dict(data, source="overfit")
+        state = Trainer(config).run().state
+        result, _ = run_evaluation(config, progress=False)
+        minutes = (time.perf_counter() - start) / 60
+        history.append({"epochs": epochs, "steps": state.global_step, "minutes": round(minutes, 2),
+                        "cer": round(result.cer, 2), "wer": round(result.wer, 2)})
+        print(json.dumps(history[-1]), flush=True)
+        if result.cer < args.target_cer:
+            break
+    (work / "overfit_summary.json").write_text(json.dumps(history, indent=1))
+    best = history[-1]
+    print(f"overfit: {best['steps']} steps, {best['epochs']} epochs, {best['minutes']} min, "
+          f"CER {best['cer']}% WER {best['wer']}% on the 14 training utterances")
+    return 0 if best["cer"] < args.target_cer else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
