@@ -16,6 +16,8 @@ def main(argv=None) -> int:
         return 2
     from mindaudio.training.trainer import train
     result = train(config)
+    if not result.is_main:
+        return 0
     print(f"finished: epoch {result.state.epoch}, step {result.state.global_step}, "
           f"{result.state.skipped_steps} skipped step(s)")
     if result.last_checkpoint:

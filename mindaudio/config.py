@@ -49,6 +49,9 @@ class TrainingConfig:
     accumulation_steps: int = 1
     # Training log (JSON lines) every this many steps.
     log_interval: int = 10
+    # Compat: 0 pads each batch to its bucket; N > 0 is the original's scheme: every batch padded
+    # to N frames (the original used 1250) and longer clips cropped to N at a random offset.
+    fixed_frames: int = 0
 
 
 @dataclass
@@ -65,12 +68,31 @@ class SpectConfig:
 
 @dataclass
 class AugmentationConfig:
+    """Training-only augmentation (`mindaudio/data/augment.py`); evaluation never augments."""
+    # Per utterance: a speed drawn from `speeds` (resampling: tempo and pitch) and a gain drawn
+    # uniformly from [gain_min_db, gain_max_db].
     speed_volume_perturb: bool = False
+    # SpecAugment masks on the normalised log spectrogram, inside the utterance's true length.
     spec_augment: bool = False
+    # WAV/FLAC noise recordings (searched recursively); noise is on when this is set and
+    # noise_prob > 0.
     noise_dir: str = ""
+    # Chance that an utterance gets noise.
     noise_prob: float = 0.4
+    # Noise level bounds, as in deepspeech.pytorch whose keys these are: noise RMS relative to
+    # speech RMS, drawn uniformly; SNR = -20 log10(level) dB (0.5 ~ 6 dB, 0.1 = 20 dB, 0 = clean).
     noise_min: float = 0.0
     noise_max: float = 0.5
+    speeds: List[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
+    gain_min_db: float = -6.0
+    gain_max_db: float = 8.0
+    # SpecAugment: number of masks and their maximum widths (frequency bins, frames); a time mask
+    # is also at most time_mask_max_fraction of the utterance's frames.
+    freq_masks: int = 2
+    freq_mask_width: int = 27
+    time_masks: int = 2
+    time_mask_width: int = 40
+    time_mask_max_fraction: float = 0.2
 
 
 @dataclass
@@ -80,6 +102,9 @@ class ModelConfig:
     hidden_layers: int = 5
     # Kept from the original; only a unidirectional model would use a lookahead layer.
     lookahead_context: int = 20
+    # True: results do not depend on padding. False: the original's computation (the backward
+    # LSTM reads the padding first; convolution outputs are not zeroed beyond each length).
+    masked: bool = True
 
 
 @dataclass
@@ -117,8 +142,24 @@ class CheckpointConfig:
 class EvalConfig:
     batch_size: int = 128
     test_manifest: str = "./test_clean/libri_test_clean_manifest.json"
+    # 'greedy' (best path) or 'beam' (CTC beam search, pyctcdecode; with an n-gram LM if lm_path).
     decoder_type: str = "greedy"
     save_output: str = "librispeech_val_output"
+    # Beam search only: prefixes kept per frame.
+    beam_width: int = 64
+    # KenLM n-gram (ARPA or binary) in the labels' spelling; '' = no LM (scripts/build_ngram_lm.py).
+    lm_path: str = ""
+    # For a binary LM: a text file of its words (an ARPA's are read from it).
+    lm_unigrams: str = ""
+    # LM weight and per-word bonus (scripts/tune_lm.py finds good values on a validation set).
+    alpha: float = 0.5
+    beta: float = 1.5
+    # Words to favour (no LM needed), and their bonus per character (natural log).
+    hotwords: List[str] = field(default_factory=list)
+    hotword_weight: float = 10.0
+    # Compat: 0 pads each batch to its length bucket; N > 0 pads every batch to N frames (the
+    # original used 3500) and crops longer clips to their first N frames.
+    fixed_frames: int = 0
 
 
 @dataclass
@@ -149,7 +190,7 @@ class Config:
 # Config fields that name input files which must exist when set.
 _CHOICES = {
     "ModelConfig.rnn_type": ("LSTM",),
-    "EvalConfig.decoder_type": ("greedy",),
+    "EvalConfig.decoder_type": ("greedy", "beam"),
     "runtime.device_target": ("CPU", "GPU", "Ascend"),
     "runtime.mode": ("GRAPH", "PYNATIVE"),
 }
@@ -290,17 +331,44 @@ def validate(config: Config) -> None:
     _require(c.keep_checkpoint_max >= 1, config, "CheckpointConfig.keep_checkpoint_max", "must be >= 1")
     _require(c.save_checkpoint_steps >= 0, config, "CheckpointConfig.save_checkpoint_steps", "must be >= 0")
     _require(e.batch_size >= 1, config, "EvalConfig.batch_size", "must be >= 1")
+    _require(e.beam_width >= 1, config, "EvalConfig.beam_width", f"must be >= 1, got {e.beam_width}")
+    _require(e.alpha >= 0 and e.hotword_weight >= 0, config, "EvalConfig.alpha",
+             "alpha and hotword_weight must be >= 0")
+    for key, frames in (("TrainingConfig.fixed_frames", t.fixed_frames),
+                        ("EvalConfig.fixed_frames", e.fixed_frames)):
+        _require(frames >= 0, config, key, f"must be >= 0 (0 = length buckets), got {frames}")
     labels = config.labels
     _require(len(labels) == len(set(labels)), config, "labels", "contains duplicates")
     _require(all(isinstance(x, str) and len(x) == 1 for x in labels), config, "labels",
              "every label must be one character")
     _require(bool(labels) and labels[-1] == "_", config, "labels",
              "the CTC blank '_' must be the last label")
-    a = config.AugmentationConfig
-    # Augmentation is a later feature; silently ignoring it (as the original did) would mislead.
-    _require(not (a.speed_volume_perturb or a.spec_augment or a.noise_dir), config, "AugmentationConfig",
-             "data augmentation is not implemented yet; set speed_volume_perturb and spec_augment to false "
-             "and noise_dir to ''")
+    _validate_augmentation(config)
+
+
+def _validate_augmentation(config: Config) -> None:
+    a, key = config.AugmentationConfig, "AugmentationConfig."
+    _require(0.0 <= a.noise_prob <= 1.0, config, key + "noise_prob", f"must be in [0, 1], got {a.noise_prob}")
+    _require(0.0 <= a.noise_min <= a.noise_max, config, key + "noise_min",
+             f"noise levels need 0 <= noise_min <= noise_max (noise RMS / speech RMS), "
+             f"got {a.noise_min} and {a.noise_max}")
+    _require(bool(a.speeds) and all(0.5 <= s <= 2.0 for s in a.speeds), config, key + "speeds",
+             f"must be a non-empty list of speed factors in [0.5, 2], got {a.speeds}")
+    _require(a.gain_min_db <= a.gain_max_db, config, key + "gain_min_db",
+             f"must be <= gain_max_db, got {a.gain_min_db} > {a.gain_max_db}")
+    for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+        value = getattr(a, name)
+        _require(value >= 0, config, key + name, f"must be >= 0, got {value}")
+    _require(0.0 < a.time_mask_max_fraction <= 1.0, config, key + "time_mask_max_fraction",
+             f"must be in (0, 1], got {a.time_mask_max_fraction}")
+    if a.noise_dir and a.noise_prob > 0:
+        # Imported here: the augmentation module reads audio, which plain config use never needs.
+        from mindaudio.data.augment import AugmentError, list_noise_files
+        try:
+            list_noise_files(a.noise_dir)
+        except AugmentError as err:
+            raise ConfigError(f"{config.source}: {key}noise_dir: {err} (noise is on because noise_dir is "
+                              f"set and noise_prob is {a.noise_prob})") from None
 
 
 def check_files(config: Config, keys: Sequence[str]) -> None:

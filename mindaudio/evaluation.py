@@ -1,4 +1,5 @@
-"""Run a model over a manifest, decode greedily, and score WER/CER, every utterance exactly once."""
+"""Run a model over a manifest, decode (greedy by default, or as EvalConfig says), and score
+WER/CER, every utterance exactly once."""
 import json
 import os
 import time
@@ -17,7 +18,7 @@ from mindaudio.data.text import CharTokenizer
 from mindaudio.models.build import build_model, load_model_weights
 from mindaudio.training.checkpoint import CheckpointManager
 from mindaudio.training.runtime import setup_runtime
-from mindaudio.decoding.greedy import greedy_decode
+from mindaudio.decoding.decoder import GreedyDecoder, build_decoder
 from mindaudio.metrics import char_error_rate, word_error_rate
 
 
@@ -28,6 +29,7 @@ class EvalResult:
     utterances: List[Dict[str, str]] = field(default_factory=list)  # id, reference, hypothesis
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    decoder: str = "greedy"
 
     @property
     def num_utterances(self) -> int:
@@ -36,18 +38,21 @@ class EvalResult:
     def report(self) -> Dict[str, object]:
         return {"wer": self.wer, "cer": self.cer, "num_utterances": self.num_utterances,
                 "audio_seconds": round(self.audio_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
-                "utterances": self.utterances}
+                "decoder": self.decoder, "utterances": self.utterances}
 
 
 def transcribe_batches(model: ms.nn.Cell, batches: Iterable[Dict[str, np.ndarray]], labels: Sequence[str],
-                       blank_id: int, progress: bool = True, total: Optional[int] = None) -> Dict[int, str]:
-    """Greedy transcripts by utterance index for every batch (dicts of numpy arrays: `features`
-    (B, 1, F, T) float32, `feature_lengths` (B,) int32, `indices` (B,) int32)."""
+                       blank_id: int, progress: bool = True, total: Optional[int] = None,
+                       decoder=None) -> Dict[int, str]:
+    """Transcripts by utterance index for every batch (dicts of numpy arrays: `features`
+    (B, 1, F, T) float32, `feature_lengths` (B,) int32, `indices` (B,) int32), decoded by
+    `decoder` (anything with `decode_batch(logits, lengths)`; default greedy)."""
+    decoder = decoder if decoder is not None else GreedyDecoder(labels, blank_id)
     model.set_train(False)
     hypotheses: Dict[int, str] = {}
     for batch in tqdm(batches, total=total, desc="decode", unit="batch", disable=not progress, leave=False):
         logits, out_lengths = model(ms.Tensor(batch["features"]), ms.Tensor(batch["feature_lengths"]))
-        texts = greedy_decode(logits.asnumpy(), out_lengths.asnumpy(), labels, blank_id)
+        texts = decoder.decode_batch(logits.asnumpy(), out_lengths.asnumpy())
         for index, text in zip(batch["indices"].tolist(), texts):
             if index in hypotheses:
                 raise RuntimeError(f"utterance {index} was decoded twice: the batch plan is wrong")
@@ -84,17 +89,21 @@ def write_report(result: EvalResult, save_output: str) -> str:
 
 
 def evaluate_split(model: ms.nn.Cell, split: Split, config: Config, tokenizer: CharTokenizer,
-                   progress: bool = True) -> EvalResult:
-    """Greedy WER/CER of `model` over every utterance of `split` exactly once, batched by length
-    with `EvalConfig.batch_size`."""
+                   progress: bool = True, decoder=None) -> EvalResult:
+    """WER/CER of `model` over every utterance of `split` exactly once, batched by length
+    with `EvalConfig.batch_size`; greedy unless another `decoder` is given."""
     start = time.perf_counter()
     batches = make_sampler(split, config.EvalConfig.batch_size, train=False).batches(0)
     dataset = build_dataset(split, config.SpectConfig, batches, tokenizer.blank_id,
                             config.TrainingConfig.num_workers)
     hypotheses = transcribe_batches(model, dataset.create_dict_iterator(num_epochs=1, output_numpy=True),
-                                    config.labels, tokenizer.blank_id, progress=progress, total=len(batches))
+                                    config.labels, tokenizer.blank_id, progress=progress, total=len(batches),
+                                    decoder=decoder)
     references = [tokenizer.decode(label) for label in split.labels]
-    return score(split.utterances, hypotheses, references, time.perf_counter() - start)
+    result = score(split.utterances, hypotheses, references, time.perf_counter() - start)
+    if decoder is not None:
+        result.decoder = decoder.describe()
+    return result
 
 
 def checkpoint_to_evaluate(config: Config) -> str:
@@ -116,7 +125,8 @@ def checkpoint_to_evaluate(config: Config) -> str:
 def run_evaluation(config: Config, progress: bool = True) -> Tuple[EvalResult, str]:
     """What `eval.py` does: load the model, score `EvalConfig.test_manifest`, write the report.
     Returns the result and the report's path."""
-    check_files(config, ["EvalConfig.test_manifest", "Pretrained_model"])
+    check_files(config, ["EvalConfig.test_manifest", "Pretrained_model", "EvalConfig.lm_path",
+                         "EvalConfig.lm_unigrams"])
     if not config.EvalConfig.test_manifest:
         raise ConfigError(f"{config.source}: EvalConfig.test_manifest is empty")
     setup_runtime(config.runtime, config.TrainingConfig.seed)
@@ -127,7 +137,8 @@ def run_evaluation(config: Config, progress: bool = True) -> Tuple[EvalResult, s
     path = checkpoint_to_evaluate(config)
     model = build_model(config, config.EvalConfig.batch_size)
     load_model_weights(model, path)
-    print(f"evaluating {path}")
-    result = evaluate_split(model, split, config, tokenizer, progress)
+    decoder = build_decoder(config)
+    print(f"evaluating {path} with {decoder.describe()} decoding")
+    result = evaluate_split(model, split, config, tokenizer, progress, decoder=decoder)
     report = write_report(result, config.EvalConfig.save_output)
     return result, report

@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "overfit"))
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--hidden_layers", type=int, default=2)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--epochs_per_round", type=int, default=25)
     parser.add_argument("--max_epochs", type=int, default=400)
     parser.add_argument("--target_cer", type=float, default=10.0)

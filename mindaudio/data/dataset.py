@@ -16,6 +16,7 @@ import mindspore.dataset as ms_dataset
 import numpy as np
 
 from mindaudio.config import SpectConfig
+from mindaudio.data.augment import Augmentation
 from mindaudio.data.audio import AudioError, load_audio
 from mindaudio.data.features import log_spectrogram, num_frames, num_freq_bins
 from mindaudio.data.manifest import Utterance, read_manifest
@@ -96,6 +97,11 @@ class Split:
     label_pad: Tuple[int, ...]  # label length each bucket pads to
     drops: DropCounts
     unknown_chars: Dict[str, int]
+    # Compat (the original's scheme): > 0 means one bucket padded to this many frames, longer
+    # clips cropped to it. 0: length buckets, nothing cropped.
+    fixed_frames: int = 0
+    # (slowest, fastest) speed perturbation the buckets and the CTC check allow for.
+    speed_range: Tuple[float, float] = (1.0, 1.0)
 
     @property
     def durations(self) -> np.ndarray:
@@ -117,7 +123,9 @@ class Split:
 
 def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
                bucket_boundaries: Sequence[float] = (), max_duration: Optional[float] = None,
-               output_frames: Optional[Callable[[int], int]] = None) -> Split:
+               output_frames: Optional[Callable[[int], int]] = None,
+               fixed_frames: int = 0,
+               speed_range: Tuple[float, float] = (1.0, 1.0)) -> Split:
     """Read a manifest, encode its transcripts and keep what can be batched.
 
     max_duration: drop longer utterances (training); None keeps all (evaluation) and closes the
@@ -127,16 +135,33 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
     CTC cannot align within the output frames are dropped. The check assumes FRAME_MARGIN input
     frames fewer than the duration suggests, so a borderline utterance cannot fail the loss.
     Drops are counted in the result and logged in a summary; nothing is cropped.
+    fixed_frames: 0 (default) pads each batch to its length bucket. N > 0 reproduces the
+    original's scheme (`TrainingConfig.fixed_frames` / `EvalConfig.fixed_frames`): one bucket,
+    every batch padded to N frames, longer clips cropped to N (see `PaddedBatchSource`);
+    `bucket_boundaries` is then ignored and the CTC check uses the cropped length.
+    speed_range: (slowest, fastest) speed perturbation training applies (`Augmentation.speed_range`).
+    An utterance keeps the bucket of its recorded duration, but buckets pad to the frames of
+    their edge at the slowest speed so a slowed utterance is never cropped, and the CTC check
+    uses the duration at the fastest speed so a sped-up label still fits.
     """
     manifest = str(manifest_path)
     utterances = read_manifest(manifest)
     labels, unknown = encode_transcripts(utterances, tokenizer)
     durations = [utterance.duration for utterance in utterances]
 
+    if fixed_frames < 0:
+        raise ValueError(f"fixed_frames must be >= 0, got {fixed_frames}")
+    slowest, fastest = (float(speed) for speed in speed_range)
+    if not 0 < slowest <= fastest:
+        raise ValueError(f"speed_range must be (slowest, fastest) with 0 < slowest <= fastest, "
+                         f"got {speed_range}")
     ctc_frames = None
     if output_frames is not None:
         def ctc_frames(duration: float) -> int:
-            return output_frames(max(1, duration_frames(duration, spect) - FRAME_MARGIN))
+            frames = duration_frames(duration / fastest, spect) - FRAME_MARGIN
+            if fixed_frames:
+                frames = min(frames, fixed_frames)
+            return output_frames(max(1, frames))
 
     kept, drops = filter_utterances(durations, labels, max_duration, ctc_frames)
     if kept.size == 0:
@@ -146,23 +171,31 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
     kept_labels = tuple(labels[i] for i in kept)
     closing = max_duration if max_duration is not None else max(
         utterance.duration for utterance in kept_utterances)
-    edges = bucket_edges(bucket_boundaries, closing)
+    edges = bucket_edges(() if fixed_frames else bucket_boundaries, closing)
     buckets = assign_buckets([utterance.duration for utterance in kept_utterances], edges)
     split = Split(manifest=manifest, utterances=kept_utterances, labels=kept_labels,
-                  edges=edges, bucket_frames=bucket_frames(edges, spect),
+                  edges=edges,
+                  bucket_frames=(fixed_frames,) if fixed_frames else bucket_frames(
+                      [edge / slowest for edge in edges], spect),
                   label_pad=label_pad_lengths(buckets, [len(label) for label in kept_labels],
                                               len(edges)),
-                  drops=drops, unknown_chars=unknown)
+                  drops=drops, unknown_chars=unknown, fixed_frames=int(fixed_frames),
+                  speed_range=(slowest, fastest))
     logger.info(split.summary())
     return split
 
 
 def make_sampler(split: Split, batch_size: int, *, train: bool, seed: int = 0,
-                 sortagrad: bool = False, rank: int = 0, world_size: int = 1) -> BucketSampler:
-    """The batch planner for a split: shuffled per epoch if `train`, else sorted by length."""
+                 sortagrad: bool = False, rank: int = 0, world_size: int = 1,
+                 accumulation_steps: int = 1) -> BucketSampler:
+    """The batch planner for a split: shuffled per epoch if `train`, else sorted by length.
+
+    batch_size is per rank and micro-batch; each optimizer step gives every rank
+    `accumulation_steps` batches (see `sampler.plan_epoch`).
+    """
     return BucketSampler(split.durations, split.edges, split.bucket_frames, batch_size,
                          seed=seed, shuffle=train, sortagrad=sortagrad, rank=rank,
-                         world_size=world_size)
+                         world_size=world_size, accumulation_steps=accumulation_steps)
 
 
 class PaddedBatchSource:
@@ -173,10 +206,19 @@ class PaddedBatchSource:
       feature_lengths int32 (B,); labels int32 (B, S) padded with the blank id;
       label_lengths int32 (B,); indices int32 (B,) into `split.utterances`.
     Holds only plain data so worker processes can receive it by pickling.
+
+    With `split.fixed_frames` (compat), a spectrogram longer than the batch's frames is cropped
+    to them at a random offset drawn from (utterance index, item), as the original cropped
+    training clips at random; the crop is reproducible. Its transcript is kept whole, as there.
+
+    With an `augmentation` (training only), each utterance's waveform is perturbed before its
+    features and its spectrogram masked after them (after any compat crop, so masks fall inside
+    the frames the model sees), with draws from (augmentation seed, `epoch`, utterance index).
+    Without one, features are exactly those of the unaugmented pipeline.
     """
 
     def __init__(self, split: Split, spect: SpectConfig, batches: Sequence[Batch],
-                 blank_id: int):
+                 blank_id: int, augmentation: Optional[Augmentation] = None, epoch: int = 0):
         self.audio_paths = tuple(utterance.audio_path for utterance in split.utterances)
         self.labels = split.labels
         self.label_pad = split.label_pad
@@ -184,6 +226,11 @@ class PaddedBatchSource:
         self.batches = tuple(batches)
         self.blank_id = int(blank_id)
         self.freq = num_freq_bins(spect)
+        self.crop = split.fixed_frames > 0
+        self.augmentation = augmentation
+        self.epoch = int(epoch)
+        if augmentation is not None:
+            check_augmentation_fits(split, spect, augmentation)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -197,11 +244,19 @@ class PaddedBatchSource:
         label_lengths = np.zeros(size, dtype=np.int32)
         for row, index in enumerate(batch.indices):
             path = self.audio_paths[index]
-            spectrogram = self._spectrogram(path)
+            rngs = (self.augmentation.generators(self.epoch, index)
+                    if self.augmentation is not None else None)
+            spectrogram = self._spectrogram(path, rngs)
             length = spectrogram.shape[1]
+            if length > frames and self.crop:
+                offset = int(np.random.default_rng([index, item]).integers(0, length - frames + 1))
+                spectrogram = spectrogram[:, offset:offset + frames]
+                length = frames
             if length > frames:
                 raise DatasetError(f"{path}: {length} feature frames exceed the {frames} frames "
                                    f"of bucket {batch.bucket}; the manifest duration is wrong")
+            if rngs is not None:
+                spectrogram = self.augmentation.mask_spectrogram(spectrogram, rngs)
             features[row, 0, :, :length] = spectrogram
             feature_lengths[row] = length
             label = self.labels[index]
@@ -213,9 +268,11 @@ class PaddedBatchSource:
         indices = np.asarray(batch.indices, dtype=np.int32)
         return features, feature_lengths, labels, label_lengths, indices
 
-    def _spectrogram(self, path: str) -> np.ndarray:
+    def _spectrogram(self, path: str, rngs=None) -> np.ndarray:
         try:
             signal = load_audio(path, self.spect.sample_rate)
+            if rngs is not None:
+                signal = self.augmentation.perturb_waveform(signal, rngs)
             return log_spectrogram(signal, self.spect)
         except AudioError as err:  # already names the file
             raise DatasetError(str(err)) from err
@@ -223,8 +280,22 @@ class PaddedBatchSource:
             raise DatasetError(f"{path}: cannot compute features: {err}") from err
 
 
+def check_augmentation_fits(split: Split, spect: SpectConfig, augmentation: Augmentation) -> None:
+    """Raise DatasetError unless the split's buckets allow for the augmentation's speeds and it
+    works at the features' sample rate."""
+    slowest, fastest = augmentation.speed_range
+    if slowest < split.speed_range[0] or fastest > split.speed_range[1]:
+        raise DatasetError(f"{split.manifest}: speeds {slowest}..{fastest} would not fit the buckets, "
+                           f"which allow for {split.speed_range[0]}..{split.speed_range[1]}; pass "
+                           f"speed_range=augmentation.speed_range to load_split")
+    if augmentation.sample_rate != spect.sample_rate:
+        raise DatasetError(f"augmentation at {augmentation.sample_rate} Hz but features at "
+                           f"{spect.sample_rate} Hz")
+
+
 def build_dataset(split: Split, spect: SpectConfig, batches: Sequence[Batch], blank_id: int,
-                  num_workers: int = 1, multiprocessing: bool = False
+                  num_workers: int = 1, multiprocessing: bool = False,
+                  augmentation: Optional[Augmentation] = None, epoch: int = 0
                   ) -> ms_dataset.GeneratorDataset:
     """A `mindspore.dataset.GeneratorDataset` yielding `batches` in order, columns `COLUMNS`.
 
@@ -232,10 +303,11 @@ def build_dataset(split: Split, spect: SpectConfig, batches: Sequence[Batch], bl
     per second of audio and the heavy parts (decoding, FFT) release the GIL, while worker
     processes must copy every padded batch through shared memory, which measured slower here.
     `multiprocessing` switches to worker processes. The order of `batches` is kept either way.
+    augmentation: training only (see `PaddedBatchSource`); `epoch` selects its draws.
     """
     if not batches:
         raise DatasetError(f"no batches to build a dataset from ({split.manifest})")
-    source = PaddedBatchSource(split, spect, batches, blank_id)
+    source = PaddedBatchSource(split, spect, batches, blank_id, augmentation, epoch)
     workers = max(1, int(num_workers))
     return ms_dataset.GeneratorDataset(source, column_names=list(COLUMNS), shuffle=False,
                                        num_parallel_workers=workers,

@@ -114,17 +114,18 @@ def _sorted_by_duration(items: np.ndarray, durations: np.ndarray) -> np.ndarray:
 
 
 def _global_steps(durations: np.ndarray, buckets: np.ndarray, num_buckets: int,
-                  batch_size: int, world_size: int,
+                  batch_size: int, shares: int,
                   rng: Optional[np.random.Generator]) -> List[Tuple[int, np.ndarray]]:
-    """All ranks' utterances per step, as (bucket, indices), in increasing bucket order.
+    """The utterances of every optimizer step, as (bucket, indices), in increasing bucket order.
 
-    Each bucket is cut into steps of batch_size * world_size; its last step may be smaller but
-    holds at least one utterance per rank. A remainder smaller than world_size moves up to the
-    next bucket (its longest utterances go, so the padding they get stays small); a remainder
-    left after the last bucket joins the last step. rng None means sorted order (SortaGrad,
-    evaluation) instead of shuffled.
+    A step is cut into `shares` batches (ranks x accumulated micro-batches). Each bucket is cut
+    into steps of batch_size * shares; its last step may be smaller but holds at least one
+    utterance per share. A remainder smaller than `shares` moves up to the next bucket (its
+    longest utterances go, so the padding they get stays small); a remainder left after the last
+    bucket joins the last step. rng None means sorted order (SortaGrad, evaluation) instead of
+    shuffled.
     """
-    capacity = batch_size * world_size
+    capacity = batch_size * shares
     steps: List[Tuple[int, np.ndarray]] = []
     carry = np.empty(0, dtype=np.int64)
     for bucket in range(num_buckets):
@@ -134,7 +135,7 @@ def _global_steps(durations: np.ndarray, buckets: np.ndarray, num_buckets: int,
         items = (_sorted_by_duration(items, durations) if rng is None
                  else rng.permutation(items))
         full, remainder = divmod(items.size, capacity)
-        if 0 < remainder < world_size:
+        if 0 < remainder < shares:
             longest = np.zeros(items.size, dtype=bool)
             longest[np.argsort(durations[items], kind="stable")[-remainder:]] = True
             carry, items = items[longest], items[~longest]
@@ -144,53 +145,63 @@ def _global_steps(durations: np.ndarray, buckets: np.ndarray, num_buckets: int,
         for start in range(0, items.size, capacity):
             steps.append((bucket, items[start:start + capacity]))
     if carry.size:
-        # Fewer than world_size utterances are left over: merge them into the last step,
-        # padded to the last bucket, and re-split it if it now exceeds one step.
+        # Fewer than `shares` utterances are left over: merge them into the last step, padded
+        # to the last bucket, and re-split it if it now exceeds one step.
         last_bucket, last_items = steps.pop()
         merged = np.concatenate([last_items, carry])
         if rng is None:
             merged = _sorted_by_duration(merged, durations)
         bucket = max(last_bucket, int(buckets[carry].max()))
-        if merged.size > capacity and merged.size >= 2 * world_size:
+        if merged.size > capacity and merged.size >= 2 * shares:
             half = (merged.size + 1) // 2
             steps.extend([(bucket, merged[:half]), (bucket, merged[half:])])
         else:
-            steps.append((bucket, merged))  # batch_size 1: some ranks get 2 utterances
+            steps.append((bucket, merged))  # batch_size 1: some batches get 2 utterances
     return steps
 
 
 def plan_epoch(durations: Sequence[float], edges: Sequence[float], batch_size: int, *,
                epoch: int = 0, seed: int = 0, shuffle: bool = True, sortagrad: bool = False,
-               rank: int = 0, world_size: int = 1) -> List[Tuple[Tuple[int, ...], int]]:
+               rank: int = 0, world_size: int = 1, accumulation_steps: int = 1,
+               ) -> List[Tuple[Tuple[int, ...], int]]:
     """The batches of one rank for one epoch, as (utterance indices, bucket) in visiting order.
 
     durations: seconds per utterance (all must fit under edges[-1]); edges: bucket upper edges.
+    batch_size: utterances per batch, i.e. per rank and micro-batch.
     shuffle: training order, drawn from Generator(SeedSequence([seed, epoch])): members of a
     bucket shuffled, then the steps shuffled. With `sortagrad` epoch 0 is instead sorted by
     length, as is every epoch without `shuffle` (evaluation).
-    Every rank gets the same number of batches; over all ranks each utterance appears exactly
-    once; at any step all ranks' batches come from the same bucket. Batches hold at most
-    batch_size utterances (a step's last batches may be smaller and differ by one between
-    ranks; only with batch_size 1 and several ranks can one batch hold 2).
+    accumulation_steps K: each optimizer step is cut into world_size * K shares and rank r takes
+    shares r*K .. r*K+K-1 in order, so the steps depend only on world_size * K: N ranks with
+    K = 1 and one process with K = N visit the same micro-batches in the same steps.
+    Every rank gets the same number of batches (K per step); over all ranks each utterance
+    appears exactly once; all batches of a step come from the same bucket. Batches hold at most
+    batch_size utterances (a step's last batches may be smaller and differ by one; only with
+    batch_size 1 and several shares can one batch hold 2).
     """
     if batch_size < 1:
         raise SamplerError(f"batch_size must be >= 1, got {batch_size}")
+    if accumulation_steps < 1:
+        raise SamplerError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
     if not 0 <= rank < world_size:
         raise SamplerError(f"rank {rank} outside 0..{world_size - 1}")
+    shares = world_size * accumulation_steps
     durations = np.asarray(durations, dtype=np.float64)
-    if durations.size < world_size:
-        raise SamplerError(f"{durations.size} utterances cannot be shared by {world_size} ranks")
+    if durations.size < shares:
+        raise SamplerError(f"{durations.size} utterances cannot be shared by {world_size} ranks "
+                           f"x {accumulation_steps} accumulated micro-batches")
     buckets = assign_buckets(durations, edges)
     sorted_epoch = not shuffle or (sortagrad and epoch == 0)
     # The epoch enters the seed as its own word so (seed, epoch) pairs never collide.
     rng = None if sorted_epoch else np.random.default_rng([seed, epoch])
-    steps = _global_steps(durations, buckets, len(edges), batch_size, world_size, rng)
+    steps = _global_steps(durations, buckets, len(edges), batch_size, shares, rng)
     if rng is not None:
         steps = [steps[position] for position in rng.permutation(len(steps))]
     plan = []
+    mine = slice(rank * accumulation_steps, (rank + 1) * accumulation_steps)
     for bucket, items in steps:
-        share = np.array_split(items, world_size)[rank]
-        plan.append((tuple(int(index) for index in share), bucket))
+        for share in np.array_split(items, shares)[mine]:
+            plan.append((tuple(int(index) for index in share), bucket))
     return plan
 
 
@@ -204,7 +215,7 @@ class BucketSampler:
     def __init__(self, durations: Sequence[float], edges: Sequence[float],
                  bucket_frames: Sequence[int], batch_size: int, *, seed: int = 0,
                  shuffle: bool = True, sortagrad: bool = False, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, accumulation_steps: int = 1):
         if len(bucket_frames) != len(edges):
             raise SamplerError(f"{len(bucket_frames)} bucket frame lengths for "
                                f"{len(edges)} bucket edges")
@@ -217,16 +228,18 @@ class BucketSampler:
         self.sortagrad = sortagrad
         self.rank = rank
         self.world_size = world_size
+        self.accumulation_steps = accumulation_steps
         self._steps = len(self.batches(0))
 
     def batches(self, epoch: int, start: int = 0) -> List[Batch]:
         """This rank's batches of `epoch`, from batch `start` on (to resume mid-epoch)."""
         plan = plan_epoch(self.durations, self.edges, self.batch_size, epoch=epoch,
                           seed=self.seed, shuffle=self.shuffle, sortagrad=self.sortagrad,
-                          rank=self.rank, world_size=self.world_size)
+                          rank=self.rank, world_size=self.world_size,
+                          accumulation_steps=self.accumulation_steps)
         return [Batch(indices, bucket, self.bucket_frames[bucket])
                 for indices, bucket in plan[start:]]
 
     def __len__(self) -> int:
-        """Batches per epoch (the same every epoch and on every rank)."""
+        """Batches per epoch (the same every epoch and on every rank; K per optimizer step)."""
         return self._steps

@@ -15,7 +15,7 @@ def build_model(config: Config, batch_size: int, seed: int = None) -> DeepSpeech
     return DeepSpeechModel(batch_size=batch_size, labels=config.labels,
                            rnn_hidden_size=model_cfg.hidden_size, nb_layers=model_cfg.hidden_layers,
                            audio_conf=config.SpectConfig, rnn_type=model_cfg.rnn_type,
-                           rng=np.random.default_rng(seed))
+                           masked=model_cfg.masked, rng=np.random.default_rng(seed))
 
 
 def load_model_weights(model: DeepSpeechModel, path: str) -> List[str]:

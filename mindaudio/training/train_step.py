@@ -65,13 +65,16 @@ class AccumulateGradients(nn.Cell):
         self.hyper_map = ops.HyperMap()
         # Data parallel: averages gradients over ranks; identity on one device.
         self.grad_reducer = grad_reducer if grad_reducer is not None else ops.identity
+        self.local_decision = grad_reducer is None
 
     def construct(self, features, feature_lengths, labels, label_lengths):
         loss = self.loss_net(features, feature_lengths, labels, label_lengths)
         sens = ops.fill(loss.dtype, loss.shape, self.loss_scale)
         grads = self.grad(self.loss_net, self.weights)(features, feature_lengths, labels, label_lengths, sens)
         grads = self.grad_reducer(grads)
-        finite = ops.isfinite(loss)
+        # Data parallel: decide from the averaged gradients only, which every rank shares, so all
+        # ranks skip or apply the same steps (a non-finite loss makes its gradients non-finite too).
+        finite = ops.isfinite(loss) if self.local_decision else ops.ones((), ms.bool_)
         for ok in self.hyper_map(_all_finite, grads):
             finite = ops.logical_and(finite, ok)
         done = self.hyper_map(ops.partial(_add_masked, finite), self.accumulators, grads)

@@ -14,6 +14,7 @@ import mindspore as ms
 from mindspore import ParameterTuple, Tensor, nn
 
 from mindaudio.config import Config, check_files
+from mindaudio.data.augment import Augmentation
 from mindaudio.data.dataset import Split, build_dataset, load_split, make_sampler
 from mindaudio.data.features import hop_size
 from mindaudio.data.sampler import deepspeech2_output_frames
@@ -23,10 +24,12 @@ from mindaudio.models.build import build_model, load_model_weights
 from mindaudio.models.loss import NetWithCTCLoss
 from mindaudio.training.checkpoint import (CheckpointManager, TrainState, load_checkpoint,
                                            restore_parameters, training_parameters)
+from mindaudio.training.collectives import CollectiveError, check_same_on_all_ranks, mean_over_ranks
 from mindaudio.training.plot import plot_training_log
 from mindaudio.training.runtime import Runtime, setup_runtime
 from mindaudio.training.train_step import (AccumulateGradients, ApplyGradients, ClearGradients,
                                            make_accumulators)
+from mindaudio.training.validation import validate_shared
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class TrainResult:
     last_checkpoint: Optional[str]
     best_checkpoint: Optional[str]
     log_path: str
+    is_main: bool = True  # False on data-parallel ranks other than 0, which write nothing
 
 
 def learning_rate_for_epoch(config: Config, epoch: int) -> float:
@@ -72,17 +76,23 @@ class Trainer:
         train_cfg, ckpt_cfg, optim = config.TrainingConfig, config.CheckpointConfig, config.OptimConfig
         check_files(config, ["TrainingConfig.train_manifest", "TrainingConfig.val_manifest", "Pretrained_model",
                             "CheckpointConfig.resume_from"])
-        self.runtime: Runtime = setup_runtime(config.runtime, train_cfg.seed)
+        self.runtime: Runtime = setup_runtime(config.runtime, train_cfg.seed, log_dir=ckpt_cfg.ckpt_path)
         self.progress = progress and self.runtime.is_main
         self.tokenizer = CharTokenizer(config.labels)
 
+        # Training batches only: validation and evaluation never augment.
+        self.augmentation = Augmentation.from_config(config.AugmentationConfig, config.SpectConfig.sample_rate,
+                                                     train_cfg.seed)
+        speed_range = self.augmentation.speed_range if self.augmentation else (1.0, 1.0)
         self.train_split = load_split(train_cfg.train_manifest, self.tokenizer, config.SpectConfig,
+                                      speed_range=speed_range,
                                       bucket_boundaries=train_cfg.bucket_boundaries,
                                       max_duration=train_cfg.max_duration,
                                       output_frames=deepspeech2_output_frames)
         self.sampler = make_sampler(self.train_split, train_cfg.batch_size, train=True, seed=train_cfg.seed,
                                     sortagrad=train_cfg.sortagrad, rank=self.runtime.rank,
-                                    world_size=self.runtime.world_size)
+                                    world_size=self.runtime.world_size,
+                                    accumulation_steps=train_cfg.accumulation_steps)
         self.val_split = None
         if train_cfg.val_manifest:
             self.val_split = load_split(train_cfg.val_manifest, self.tokenizer, config.SpectConfig,
@@ -110,6 +120,8 @@ class Trainer:
                                              ckpt_cfg.keep_checkpoint_max)
         self.log = JsonLinesLog(os.path.join(ckpt_cfg.ckpt_path, LOG_NAME), self.runtime.is_main)
         self.state = self._initial_state()
+        if self.runtime.distributed:
+            self._check_ranks_agree()
 
     def _initial_state(self) -> TrainState:
         """Resume from the newest checkpoint when allowed; else start fresh, from `Pretrained_model`'s
@@ -138,6 +150,18 @@ class Trainer:
                 print(f"loaded weights from {cfg.Pretrained_model} (ignored {len(extra)} optimizer entries)")
         return TrainState(seed=cfg.TrainingConfig.seed)
 
+    def _check_ranks_agree(self) -> None:
+        """Every rank must resume from the same state and plan the same number of batches, or
+        the gradient all-reduce would pair unrelated steps (or wait forever)."""
+        state = self.state
+        check_same_on_all_ranks(
+            {"epoch": state.epoch, "batches_done": state.batches_done, "global_step": state.global_step,
+             "batches_per_epoch": len(self.sampler), "train_utterances": len(self.train_split.utterances),
+             "seed": self.config.TrainingConfig.seed},
+            self.runtime.rank,
+            hint="every rank must read the same manifests and see the same CheckpointConfig.ckpt_path "
+                 "(a shared file system when the ranks run on several hosts)")
+
     def _save(self, best: bool = False) -> str:
         if not self.runtime.is_main:
             return ""
@@ -147,6 +171,18 @@ class Trainer:
         return self.checkpoints.save(params, self.state)
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        except RuntimeError as err:
+            if self.runtime.distributed and _is_collective_failure(err):
+                raise CollectiveError(
+                    f"rank {self.runtime.rank} of {self.runtime.world_size}: lost contact with another rank "
+                    f"in epoch {self.state.epoch + 1}, step {self.state.global_step} (a rank stopped, or was "
+                    f"silent for longer than MS_NODE_TIMEOUT, 30 s by default); see the other ranks' "
+                    f"output for the cause. Resume from the last checkpoint.") from err
+            raise
+
+    def _run(self) -> TrainResult:
         cfg = self.config.TrainingConfig
         ckpt_every = self.config.CheckpointConfig.save_checkpoint_steps
         last_path = None
@@ -159,7 +195,8 @@ class Trainer:
             batches = self.sampler.batches(epoch, start=self.state.batches_done)
             total = len(self.sampler)
             dataset = build_dataset(self.train_split, self.config.SpectConfig, batches,
-                                    self.tokenizer.blank_id, cfg.num_workers)
+                                    self.tokenizer.blank_id, cfg.num_workers,
+                                    augmentation=self.augmentation, epoch=epoch)
             bar = tqdm(total=total, initial=self.state.batches_done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", disable=not self.progress, dynamic_ncols=True)
             epoch_losses, window_audio, window_start = [], 0.0, time.perf_counter()
@@ -191,6 +228,10 @@ class Trainer:
                 speed = window_audio / elapsed if elapsed > 0 else 0.0
                 bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.1f}")
                 if self.state.global_step % cfg.log_interval == 0 or self.state.batches_done == total:
+                    if self.runtime.distributed:
+                        # The log speaks for the global batch: mean loss, summed throughput.
+                        step_loss, speed = mean_over_ranks([step_loss, speed])
+                        speed *= self.runtime.world_size
                     self.log.write(kind="step", epoch=epoch, step=self.state.global_step, loss=step_loss,
                                    grad_norm=grad_norm, lr=lr, audio_seconds_per_second=speed,
                                    skipped_steps=self.state.skipped_steps)
@@ -202,29 +243,44 @@ class Trainer:
         best = self.checkpoints.best_path if os.path.exists(self.checkpoints.best_path) else None
         if self.runtime.is_main:
             plot_training_log(self.log.path)
-        return TrainResult(self.state, last_path, best, self.log.path)
+        return TrainResult(self.state, last_path, best, self.log.path, self.runtime.is_main)
 
     def _end_epoch(self, epoch: int, lr: float, losses) -> Optional[str]:
         record = {"kind": "epoch", "epoch": epoch, "step": self.state.global_step, "lr": lr,
                   "train_loss": float(np.mean(losses)) if losses else math.nan,
                   "skipped_steps": self.state.skipped_steps}
-        result = None
-        if self.val_split is not None and self.runtime.is_main:
-            result = evaluate_split(self.model, self.val_split, self.config, self.tokenizer, self.progress)
+        if self.runtime.distributed:
+            record["train_loss"] = float(mean_over_ranks([record["train_loss"]])[0])
+        val_wer = None
+        if self.val_split is not None:
+            if self.runtime.distributed:
+                # Every rank decodes a share, with rank 0's BatchNorm statistics; counts are summed.
+                val_wer, val_cer = validate_shared(self.model, self.val_split, self.config, self.tokenizer,
+                                                   self.runtime, self.progress)
+            else:
+                result = evaluate_split(self.model, self.val_split, self.config, self.tokenizer, self.progress)
+                val_wer, val_cer = result.wer, result.cer
             self.model.set_train(True)
-            record.update(val_wer=result.wer, val_cer=result.cer)
-            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
-                  f"validation WER {result.wer:.2f}% CER {result.cer:.2f}%")
+            record.update(val_wer=val_wer, val_cer=val_cer)
+            if self.runtime.is_main:
+                print(f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
+                      f"validation WER {val_wer:.2f}% CER {val_cer:.2f}%")
         self.state.epoch = epoch + 1
         self.state.batches_done = 0
-        improved = result is not None and result.wer < self.state.best_wer
+        improved = val_wer is not None and val_wer < self.state.best_wer
         if improved:
-            self.state.best_wer = result.wer
+            self.state.best_wer = val_wer
         path = self._save()
         if improved:
             self._save(best=True)
         self.log.write(**record)
         return path or None
+
+
+def _is_collective_failure(err: RuntimeError) -> bool:
+    """MindSpore reports a peer that stopped answering as a failed communication kernel."""
+    text = str(err)
+    return any(name in text for name in ("AllReduce", "Broadcast", "AllGather", "ReduceScatter"))
 
 
 def train(config: Config, progress: bool = True) -> TrainResult:

@@ -1,0 +1,525 @@
+"""The benchmarks themselves; each runs in its own process (see run.py) and returns a dict.
+
+Timing rules: a graph is compiled on the first call with a new input shape. Every new shape is
+first compiled explicitly (`Cell.compile`, timed: the compile time), then run and timed; a run
+ends with `.asnumpy()` so the device work is finished. The first run after a compile is counted
+as a normal run (it also allocates the graph's memory; the same holds for every scheme).
+"""
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+import mindaudio  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before mindspore loads)
+import mindspore as ms
+from mindspore import ParameterTuple, Tensor, nn, ops
+
+from mindaudio.config import Config
+from mindaudio.data.audio import load_audio
+from mindaudio.data.dataset import (Batch, PaddedBatchSource, build_dataset, duration_frames,
+                                    load_split, make_sampler)
+from mindaudio.data.features import hop_size, log_spectrogram
+from mindaudio.data.sampler import deepspeech2_output_frames
+from mindaudio.data.text import CharTokenizer
+from mindaudio.decoding.greedy import greedy_decode
+from mindaudio.models.build import build_model
+from mindaudio.models.loss import NetWithCTCLoss
+from mindaudio.training.train_step import AccumulateGradients, ApplyGradients, make_accumulators
+
+from bench import workloads
+from bench.flops import forward_flops_per_second, train_flops_per_second
+
+# The original's scheme: every training batch padded to 1250 frames (longer clips cropped),
+# every evaluation batch to 3500 frames, LSTM unmasked.
+BASELINE_TRAIN_FRAMES = 1250
+BASELINE_EVAL_FRAMES = 3500
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_config(hidden: int, layers: int, baseline: bool) -> Config:
+    config = Config()
+    config.ModelConfig.hidden_size = hidden
+    config.ModelConfig.hidden_layers = layers
+    config.ModelConfig.masked = not baseline
+    config.TrainingConfig.fixed_frames = BASELINE_TRAIN_FRAMES if baseline else 0
+    config.EvalConfig.fixed_frames = BASELINE_EVAL_FRAMES if baseline else 0
+    return config
+
+
+def quantile_batches(batches: Sequence[Batch], durations: np.ndarray, count: int) -> List[Batch]:
+    """`count` batches at evenly spaced quantiles of the plan ordered by (padded frames, audio):
+    a stratified sample whose mean step time estimates the epoch's."""
+    keys = [(batch.frames, float(durations[list(batch.indices)].sum())) for batch in batches]
+    order = sorted(range(len(batches)), key=lambda i: keys[i])
+    count = min(count, len(batches))
+    picks = [order[int((i + 0.5) * len(order) / count)] for i in range(count)]
+    return [batches[i] for i in picks]
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _shape_timings(batches_data, run_step, compile_step, repeats: int) -> Dict:
+    """Per new input shape the time of `compile_step(data)`; per batch the median of `repeats`
+    timed `run_step(data)` calls."""
+    compile_by_shape, steady = {}, []
+    for data in batches_data:
+        shape = tuple(data[0].shape)
+        if shape not in compile_by_shape:
+            compile_by_shape[shape] = _timed(lambda: compile_step(data))
+        times = [_timed(lambda: run_step(data)) for _ in range(repeats)]
+        steady.append(float(np.median(times)))
+    return {"steady": steady, "compile_by_shape": compile_by_shape}
+
+
+def _batch_arrays(split, spect, batches, blank_id):
+    """Build each batch with the project's own batch source; returns (arrays, seconds per batch)."""
+    source = PaddedBatchSource(split, spect, batches, blank_id)
+    arrays, seconds = [], []
+    for item in range(len(batches)):
+        start = time.process_time()
+        arrays.append(source[item])
+        seconds.append(time.process_time() - start)
+    return arrays, seconds
+
+
+def _audio_seconds(split, batches, seconds_cap: float) -> float:
+    """Audio actually fed to the model: each utterance's duration, capped by its batch's crop."""
+    durations = split.durations
+    return float(sum(min(durations[i], seconds_cap) for batch in batches for i in batch.indices))
+
+
+def _plan(split, batch_size: int, train: bool, strata: int):
+    plan = (make_sampler(split, batch_size, train=True, seed=1).batches(epoch=1) if train
+            else make_sampler(split, batch_size, train=False).batches(0))
+    return plan, quantile_batches(plan, split.durations, strata)
+
+
+def _sample_records(split, spect, chosen, blank_id, cap, run_step, compile_step, make_inputs,
+                    repeats: int) -> List[Dict]:
+    """Build, compile and time each chosen batch: one record per batch."""
+    workloads.materialize([split.utterances[i] for b in chosen for i in b.indices],
+                          workloads.speech_signal())
+    arrays, data_seconds = _batch_arrays(split, spect, chosen, blank_id)
+    records = []
+    for batch, arr, data_s in zip(chosen, arrays, data_seconds):
+        inputs = make_inputs(arr)
+        compile_s = _timed(lambda: compile_step(inputs))
+        times = [_timed(lambda: run_step(inputs)) for _ in range(repeats)]
+        records.append({"frames": batch.frames, "utterances": len(batch.indices),
+                        "audio_s": _audio_seconds(split, [batch], cap), "step_s": float(np.median(times)),
+                        "compile_s": compile_s, "data_cpu_s": data_s})
+    return records
+
+
+def _plan_stats(split, plan, cap, seconds_per_frame) -> Dict:
+    epoch_audio = _audio_seconds(split, plan, cap)
+    padded = sum(batch.frames * len(batch.indices) for batch in plan) * seconds_per_frame
+    return {"utterances": len(split.utterances), "batches": len(plan), "epoch_audio_s": epoch_audio,
+            "cropped_s": round(max(0.0, float(split.durations.sum()) - epoch_audio), 3),
+            "padded_over_audio": padded / epoch_audio, "shapes_in_epoch": len({b.frames for b in plan})}
+
+
+def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, strata: int,
+                     repeats: int, max_utterances: int, pick: int = -1) -> Dict:
+    """Training step times for a stratified sample of a real epoch plan on the train-clean-5
+    length mix (all sampled batches, or only sample `pick`: MindSpore keeps every compiled
+    shape's memory, so each full-model shape gets its own process). Summarised by
+    bench.summary.summarize_throughput."""
+    config = make_config(hidden, layers, baseline)
+    spect, train = config.SpectConfig, config.TrainingConfig
+    tokenizer = CharTokenizer(config.labels)
+    seconds_per_frame = hop_size(spect) / spect.sample_rate
+    cap = train.fixed_frames * seconds_per_frame if train.fixed_frames else float("inf")
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    ms.set_seed(train.seed)
+    model = build_model(config, batch_size, seed=train.seed)
+    optim = config.OptimConfig
+    weights = ParameterTuple(model.trainable_params())
+    accumulators = make_accumulators(weights)
+    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
+    apply = ApplyGradients(nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon,
+                                   weight_decay=optim.weight_decay),
+                           accumulators, optim.loss_scale, optim.max_grad_norm)
+    accumulate.set_train(True)
+    one = Tensor(1.0, ms.float32)
+    optimizer_compile = _timed(lambda: apply.compile(one))
+
+    def step(data):
+        accumulate(*data)
+        apply(one).asnumpy()
+
+    with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
+        manifest = workloads.write_length_mix(Path(tmp), "train-clean-5", max_utterances)
+        split = load_split(manifest, tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
+                           max_duration=train.max_duration, output_frames=deepspeech2_output_frames,
+                           fixed_frames=train.fixed_frames)
+        plan, chosen = _plan(split, batch_size, True, strata)
+        if pick >= 0:
+            chosen = chosen[pick:pick + 1]
+        records = _sample_records(split, spect, chosen, tokenizer.blank_id, cap, step,
+                                  lambda data: accumulate.compile(*data),
+                                  lambda arr: tuple(Tensor(a) for a in arr[:4]), repeats)
+    result = _plan_stats(split, plan, cap, seconds_per_frame)
+    result.update(batch_size=batch_size, samples=records, optimizer_compile_s=optimizer_compile,
+                  flops_per_audio_s=train_flops_per_second(hidden, layers, len(config.labels), spect),
+                  peak_rss_mb=peak_rss_mb())
+    return result
+
+
+def eval_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, strata: int,
+                    repeats: int, max_utterances: int, pick: int = -1) -> Dict:
+    """Evaluation (forward + greedy decoding) times for a stratified sample of the test-clean
+    mix's evaluation plan; as `train_throughput`."""
+    config = make_config(hidden, layers, baseline)
+    spect = config.SpectConfig
+    tokenizer = CharTokenizer(config.labels)
+    seconds_per_frame = hop_size(spect) / spect.sample_rate
+    frames = config.EvalConfig.fixed_frames
+    cap = frames * seconds_per_frame if frames else float("inf")
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    model = build_model(config, batch_size, seed=1)
+    model.set_train(False)
+
+    def forward(data):
+        logits, lengths = model(*data)
+        greedy_decode(logits.asnumpy(), lengths.asnumpy(), config.labels, tokenizer.blank_id)
+
+    with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
+        manifest = workloads.write_length_mix(Path(tmp), "test-clean", max_utterances)
+        split = load_split(manifest, tokenizer, spect,
+                           bucket_boundaries=config.TrainingConfig.bucket_boundaries,
+                           fixed_frames=config.EvalConfig.fixed_frames)
+        plan, chosen = _plan(split, batch_size, False, strata)
+        if pick >= 0:
+            chosen = chosen[pick:pick + 1]
+        records = _sample_records(split, spect, chosen, tokenizer.blank_id, cap, forward,
+                                  lambda data: model.compile(*data),
+                                  lambda arr: (Tensor(arr[0]), Tensor(arr[1])), repeats)
+    result = _plan_stats(split, plan, cap, seconds_per_frame)
+    result.update(batch_size=batch_size, samples=records, optimizer_compile_s=0.0,
+                  flops_per_audio_s=forward_flops_per_second(hidden, layers, len(config.labels), spect)["total"],
+                  peak_rss_mb=peak_rss_mb())
+    return result
+
+
+def transcription_rtf(hidden: int, layers: int, baseline: bool, utterances: int, repeats: int) -> Dict:
+    """Real-time factor of transcribing one file at a time: read, features, pad (to its length
+    bucket, or 3500 frames for the baseline), model, greedy decode. Compile excluded."""
+    config = make_config(hidden, layers, baseline)
+    spect = config.SpectConfig
+    tokenizer = CharTokenizer(config.labels)
+    paths = sorted((workloads.LIBRISPEECH_MINI / "test-clean").rglob("*.flac"))[:utterances]
+    edges = list(config.TrainingConfig.bucket_boundaries) + [config.TrainingConfig.max_duration]
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    model = build_model(config, 1, seed=1)
+    model.set_train(False)
+
+    def transcribe(path, compile_only: bool = False) -> float:
+        signal = load_audio(path, spect.sample_rate)
+        features = log_spectrogram(signal, spect)
+        seconds = signal.size / spect.sample_rate
+        if config.EvalConfig.fixed_frames:
+            frames = config.EvalConfig.fixed_frames
+        else:
+            edge = next(e for e in edges if e >= seconds)
+            frames = duration_frames(edge, spect) + 2
+        padded = np.zeros((1, 1, features.shape[0], frames), np.float32)
+        length = min(features.shape[1], frames)
+        padded[0, 0, :, :length] = features[:, :length]
+        inputs = (Tensor(padded), Tensor(np.array([length], np.int32)))
+        if compile_only:
+            model.compile(*inputs)
+            return seconds
+        logits, lengths = model(*inputs)
+        greedy_decode(logits.asnumpy(), lengths.asnumpy(), config.labels, tokenizer.blank_id)
+        return seconds
+
+    audio, wall, compile_s = 0.0, 0.0, []
+    for path in paths:
+        start = time.perf_counter()
+        audio += transcribe(path, compile_only=True)
+        compile_s.append(time.perf_counter() - start)
+        times = [_timed(lambda: transcribe(path)) for _ in range(repeats)]
+        wall += float(np.median(times))
+    return {"utterances": len(paths), "audio_s": audio, "rtf": wall / audio,
+            "compile_s": float(np.mean(compile_s)), "peak_rss_mb": peak_rss_mb()}
+
+
+def librosa_log_spectrogram(signal: np.ndarray, spect) -> np.ndarray:
+    """The original-compat features computed with librosa: periodic Hann STFT, centred with
+    reflection padding, log1p magnitude, one mean/std over the spectrogram."""
+    import librosa
+
+    n_fft = int(spect.sample_rate * spect.window_size)
+    hop = int(spect.sample_rate * spect.window_stride)
+    magnitude = np.abs(librosa.stft(signal, n_fft=n_fft, hop_length=hop, win_length=n_fft,
+                                    window="hann", center=True, pad_mode="reflect"))
+    log_magnitude = np.log1p(magnitude)
+    return (log_magnitude - log_magnitude.mean()) / log_magnitude.std()
+
+
+def feature_speed(seconds: float, repeats: int) -> Dict:
+    """Feature extraction in x real time per core (CPU seconds, one thread): ours vs librosa on
+    the same real speech, plus reading the WAV file; and the largest difference between them."""
+    import soundfile
+
+    spect = Config().SpectConfig
+    signal = workloads.speech_clip(workloads.speech_signal(), seconds, 0)
+    ours = log_spectrogram(signal, spect)
+    reference = librosa_log_spectrogram(signal, spect)
+    result = {"audio_s": seconds, "max_abs_diff": float(np.abs(ours - reference).max())}
+
+    def cpu_rate(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.process_time()
+            fn()
+            best = min(best, time.process_time() - start)
+        return seconds / best
+
+    result["ours_x_realtime"] = cpu_rate(lambda: log_spectrogram(signal, spect))
+    result["librosa_x_realtime"] = cpu_rate(lambda: librosa_log_spectrogram(signal, spect))
+    with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
+        wav = Path(tmp) / "speech.wav"
+        soundfile.write(wav, signal, spect.sample_rate, subtype="PCM_16")
+        result["read_and_ours_x_realtime"] = cpu_rate(
+            lambda: log_spectrogram(load_audio(wav, spect.sample_rate), spect))
+    return result
+
+
+def matmul_rate(size: int, repeats: int) -> Dict:
+    """fp32 matrix-product GFLOP/s of this machine (all cores): MindSpore's MatMul (what the
+    model's Dense layers use) and numpy's BLAS, on size x size x size; and MindSpore's fused LSTM
+    kernel (its own matrix products) at the full model's per-layer shape."""
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    flops = 2.0 * size ** 3
+
+    def best_rate(fn) -> float:
+        fn()
+        return flops / min(_timed(fn) for _ in range(repeats)) / 1e9
+
+    ta, tb = Tensor(a), Tensor(b)
+    matmul = ops.MatMul()
+    ms_rate = best_rate(lambda: matmul(ta, tb).asnumpy())
+    np_rate = best_rate(lambda: a @ b)
+    return {"size": size, "mindspore_gflops": ms_rate, "numpy_gflops": np_rate,
+            "limit_gflops": max(ms_rate, np_rate)}
+
+
+def digits_compile_share(strata_repeats: int, hidden: int = 256, layers: int = 2, batch_size: int = 32,
+                         eval_batch_size: int = 64) -> Dict:
+    """Share of graph compilation in one epoch of the digits recipe (configs/digits.yaml: H256x2,
+    batch 32, buckets 0.5/0.75/1/1.5/2.5 s) on the shared FSDD recordings: every training and
+    validation shape is compiled and timed; the epoch is every planned batch at its shape's
+    steady time plus the compiles."""
+    config = make_config(hidden, layers, baseline=False)
+    config.TrainingConfig.bucket_boundaries = [0.5, 0.75, 1.0, 1.5]
+    config.TrainingConfig.max_duration = 2.5
+    config.OptimConfig.learning_rate = 1e-3
+    spect, train = config.SpectConfig, config.TrainingConfig
+    tokenizer = CharTokenizer(config.labels)
+    with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
+        train_manifest, val_manifest = workloads.write_digits_manifests(Path(tmp))
+        train_split = load_split(train_manifest, tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
+                                 max_duration=train.max_duration, output_frames=deepspeech2_output_frames)
+        val_split = load_split(val_manifest, tokenizer, spect, bucket_boundaries=train.bucket_boundaries)
+    train_plan = make_sampler(train_split, batch_size, train=True, seed=1).batches(epoch=1)
+    val_plan = make_sampler(val_split, eval_batch_size, train=False).batches(0)
+
+    def one_per_shape(split, plan):
+        seen, reps, counts = set(), [], {}
+        for batch in plan:
+            counts[batch.frames] = counts.get(batch.frames, 0) + 1
+            if batch.frames not in seen and len(batch.indices) == max(len(b.indices) for b in plan
+                                                                       if b.frames == batch.frames):
+                seen.add(batch.frames)
+                reps.append(batch)
+        source = PaddedBatchSource(split, spect, reps, tokenizer.blank_id)
+        return [source[i] for i in range(len(reps))], counts
+
+    train_arrays, train_counts = one_per_shape(train_split, train_plan)
+    val_arrays, val_counts = one_per_shape(val_split, val_plan)
+    data_start = time.perf_counter()
+    data_batches = sum(1 for _ in build_dataset(train_split, spect, train_plan, tokenizer.blank_id,
+                                                train.num_workers).create_tuple_iterator(num_epochs=1))
+    data_wall = time.perf_counter() - data_start
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    model = build_model(config, batch_size, seed=1)
+    optim = config.OptimConfig
+    weights = ParameterTuple(model.trainable_params())
+    accumulators = make_accumulators(weights)
+    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
+    apply = ApplyGradients(nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon,
+                                   weight_decay=optim.weight_decay),
+                           accumulators, optim.loss_scale, optim.max_grad_norm)
+    one = Tensor(1.0, ms.float32)
+
+    def step(data):
+        accumulate(*data)
+        apply(one).asnumpy()
+
+    def compile_step(data):
+        accumulate.compile(*data)
+
+    def forward(data):
+        logits, _ = model(*data)
+        logits.asnumpy()
+
+    accumulate.set_train(True)
+    compile_optimizer = _timed(lambda: apply.compile(one))
+    train_timing = _shape_timings([tuple(Tensor(a) for a in arr[:4]) for arr in train_arrays], step,
+                                  compile_step, strata_repeats)
+    model.set_train(False)
+    val_timing = _shape_timings([(Tensor(arr[0]), Tensor(arr[1])) for arr in val_arrays], forward,
+                                lambda data: model.compile(*data), strata_repeats)
+    train_frames = [arr[0].shape[3] for arr in train_arrays]
+    val_frames = [arr[0].shape[3] for arr in val_arrays]
+    run_train = sum(train_counts[f] * t for f, t in zip(train_frames, train_timing["steady"]))
+    run_val = sum(val_counts[f] * t for f, t in zip(val_frames, val_timing["steady"]))
+    compile_train = sum(train_timing["compile_by_shape"].values()) + compile_optimizer
+    compile_val = sum(val_timing["compile_by_shape"].values())
+    epoch = run_train + run_val + compile_train + compile_val
+    return {"train_batches": len(train_plan), "val_batches": len(val_plan),
+            "train_shapes": len(train_counts), "val_shapes": len(val_counts),
+            "train_steps_s": run_train, "val_s": run_val, "compile_train_s": compile_train,
+            "compile_val_s": compile_val, "epoch_s": epoch,
+            "compile_share": (compile_train + compile_val) / epoch,
+            "data_pipeline_epoch_wall_s": data_wall, "data_batches": data_batches,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+class _SumOf(nn.Cell):
+    """Scalar <cell(*inputs)[0], weight>: a loss whose gradients reach every part of `cell`."""
+
+    def __init__(self, cell: nn.Cell, weight: np.ndarray, first_only: bool = False):
+        super().__init__()
+        self.cell = cell
+        self.weight = Tensor(weight)
+        self.first_only = first_only
+
+    def construct(self, *inputs):
+        out = self.cell(*inputs)
+        if self.first_only:
+            out = out[0]
+        return (out * self.weight).sum()
+
+
+class _Backward(nn.Cell):
+    """Gradients of `net` for its parameters, and for its inputs unless `inputs_grad` is False
+    (the first part of the model needs no gradient for the features)."""
+
+    def __init__(self, net: nn.Cell, inputs_grad: bool = True):
+        super().__init__()
+        self.net = net
+        self.weights = ParameterTuple(net.trainable_params())
+        self.grad = ops.GradOperation(get_all=inputs_grad, get_by_list=True)
+
+    def construct(self, *inputs):
+        return self.grad(self.net, self.weights)(*inputs)
+
+
+class _HeadLoss(nn.Cell):
+    """Classifier + batch-mean CTC from LSTM outputs: (T', B, H) -> scalar."""
+
+    def __init__(self, model, ctc):
+        super().__init__()
+        self.fc = model.fc
+        self.ctc = ctc
+
+    def construct(self, x, lengths, labels, label_lengths):
+        return self.ctc(self.fc(x), lengths, labels, label_lengths).mean()
+
+
+def step_profile(hidden: int, layers: int, batch_size: int, frames: int, repeats: int) -> Dict:
+    """Where a training step's time goes: each part of the model run alone, forward and
+    forward+backward, on the shapes it sees in a step of `batch_size` x `frames` (ours, masked),
+    the optimizer update alone, the whole step, and the data pipeline's CPU time for one batch
+    of real speech."""
+    from mindaudio.models.deepspeech2 import output_length, rnn_input_size
+    from mindaudio.models.loss import CTCLoss
+
+    config = make_config(hidden, layers, baseline=False)
+    spect = config.SpectConfig
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    rng = np.random.default_rng(0)
+    model = build_model(config, batch_size, seed=1)
+    model.set_train(True)
+    freq = spect.sample_rate * spect.window_size // 2 + 1
+    out_frames = int(output_length(frames))
+    lengths = np.full(batch_size, frames, np.int32)
+    out_lengths = np.full(batch_size, out_frames, np.int32)
+    x = Tensor(rng.standard_normal((batch_size, 1, int(freq), frames), dtype=np.float32))
+    rnn_in = rnn_input_size(spect.sample_rate, spect.window_size)
+    rnn_x = Tensor(rng.standard_normal((out_frames, batch_size, rnn_in), dtype=np.float32))
+    head_x = Tensor(rng.standard_normal((out_frames, batch_size, hidden), dtype=np.float32))
+    label_len = out_frames // 4
+    labels = Tensor(rng.integers(0, len(config.labels) - 1, (batch_size, label_len)).astype(np.int32))
+    label_lengths = Tensor(np.full(batch_size, label_len, np.int32))
+    t_len, t_out = Tensor(lengths), Tensor(out_lengths)
+
+    conv_out_shape = model.conv(x, t_out).shape
+    conv_loss = _SumOf(model.conv, rng.standard_normal(conv_out_shape, dtype=np.float32))
+    rnn_loss = _SumOf(model.RNN, rng.standard_normal((out_frames, batch_size, hidden), dtype=np.float32))
+    head_loss = _HeadLoss(model, CTCLoss())
+    parts = {
+        "conv": (conv_loss, (x, t_out)),
+        "lstm": (rnn_loss, (rnn_x, t_out)),
+        "fc+ctc": (head_loss, (head_x, t_out, labels, label_lengths)),
+    }
+
+    def steady(fn) -> float:
+        fn()
+        return float(np.median([_timed(fn) for _ in range(repeats)]))
+
+    result = {"batch_size": batch_size, "frames": frames}
+    for name, (net, inputs) in parts.items():
+        inputs_grad = name != "conv"
+        backward = _Backward(net, inputs_grad)
+
+        def run_backward():
+            grads = backward(*inputs)
+            weight_grads = grads[1] if inputs_grad else grads
+            return [g.asnumpy() for g in weight_grads[:1]]
+
+        result[f"{name}_forward_s"] = steady(lambda: net(*inputs).asnumpy())
+        result[f"{name}_fwd_bwd_s"] = steady(run_backward)
+
+    optim = config.OptimConfig
+    weights = ParameterTuple(model.trainable_params())
+    accumulators = make_accumulators(weights)
+    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
+    apply = ApplyGradients(nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon,
+                                   weight_decay=optim.weight_decay),
+                           accumulators, optim.loss_scale, optim.max_grad_norm)
+    one = Tensor(1.0, ms.float32)
+    result["optimizer_s"] = steady(lambda: apply(one).asnumpy())
+    result["step_s"] = steady(lambda: (accumulate(x, t_len, labels, label_lengths)[0].asnumpy(),
+                                       apply(one).asnumpy()))
+    result["parameters"] = int(sum(np.prod(p.shape) for p in weights))
+
+    # Data: one batch of real speech of this many frames, built as training builds it.
+    signal = workloads.speech_signal()
+    seconds = (frames - 2) * hop_size(spect) / spect.sample_rate
+    start = time.process_time()
+    for b in range(batch_size):
+        log_spectrogram(workloads.speech_clip(signal, seconds, b), spect)
+    result["data_cpu_s"] = time.process_time() - start
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result

@@ -1,0 +1,85 @@
+"""Time one DeepSpeech2 training step (forward, backward, Adam) on this machine.
+
+Ours (padding-exact masking) against the original's computation (`masked=False`) in the same run,
+for a given model size, batch and frame count; compile time reported separately.
+
+    python bench/train_step_time.py --hidden 1024 --layers 5 --batch 2 --frames 1250
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+
+import mindaudio  # noqa: E402,F401  (before mindspore)
+import mindspore as ms  # noqa: E402
+from mindspore import ParameterTuple, Tensor, nn  # noqa: E402
+
+from mindaudio.config import DEFAULT_LABELS, SpectConfig  # noqa: E402
+from mindaudio.data.features import num_freq_bins  # noqa: E402
+from mindaudio.models.deepspeech2 import DeepSpeechModel  # noqa: E402
+from mindaudio.models.loss import NetWithCTCLoss  # noqa: E402
+from mindaudio.training.train_step import AccumulateGradients, ApplyGradients, make_accumulators  # noqa: E402
+
+
+def time_steps(hidden: int, layers: int, batch: int, frames: int, steps: int, masked: bool):
+    """(compile+first step seconds, median steady step seconds)."""
+    spect = SpectConfig()
+    rng = np.random.default_rng(0)
+    model = DeepSpeechModel(batch, DEFAULT_LABELS, hidden, layers, spect, masked=masked, rng=rng)
+    weights = ParameterTuple(model.trainable_params())
+    accumulators = make_accumulators(weights)
+    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, 1.0)
+    apply = ApplyGradients(nn.Adam(weights, learning_rate=1e-4), accumulators, 1.0, 400.0)
+    accumulate.set_train(True)
+    features = Tensor(rng.normal(size=(batch, 1, num_freq_bins(spect), frames)).astype(np.float32))
+    lengths = Tensor(np.full(batch, frames, np.int32))
+    label_len = frames // 8
+    labels = Tensor(rng.integers(0, len(DEFAULT_LABELS) - 1, size=(batch, label_len)).astype(np.int32))
+    label_lengths = Tensor(np.full(batch, label_len, np.int32))
+    one = Tensor(1.0, ms.float32)
+
+    def step():
+        loss, _ = accumulate(features, lengths, labels, label_lengths)
+        apply(one).asnumpy()
+        return loss
+
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return first, float(np.median(times))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=1250)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    audio_seconds = args.batch * args.frames / 100.0
+    rows = []
+    for name, masked in (("original (unmasked)", False), ("ours (masked)", True)):
+        first, step = time_steps(args.hidden, args.layers, args.batch, args.frames, args.steps, masked)
+        rows.append((name, first, step, audio_seconds / step))
+    print(f"DeepSpeech2 H{args.hidden}x{args.layers}, batch {args.batch} x {args.frames} frames "
+          f"({audio_seconds:.1f} s of audio per step), median of {args.steps} steps")
+    print(f"{'variant':<22}{'first step (s)':>16}{'step (s)':>10}{'audio s/s':>11}")
+    for name, first, step, speed in rows:
+        print(f"{name:<22}{first:>16.2f}{step:>10.2f}{speed:>11.2f}")
+    print(f"ours / original step time: {rows[1][2] / rows[0][2]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Export DeepSpeech2 for deployment: python export.py -c CONFIG --checkpoint CKPT [--output STEM]
+
+Writes STEM.mindir (dynamic batch and time), STEM.onnx (batch 1, --onnx_frames frames) and
+STEM.json (inputs, outputs, labels, feature settings, check results), and checks that each
+exported model gives the checkpoint's logits (exit status 1 if not). --check_audio FILE uses that
+recording's features for the check instead of random ones.
+"""
+import sys
+from typing import Optional, Sequence
+
+import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
+from mindaudio.config import ConfigError, build_arg_parser, parse_command_line
+from mindaudio.training.checkpoint import CheckpointError
+
+DESCRIPTION = "Export DeepSpeech2 to MindIR and ONNX and check the exports against the checkpoint."
+_OWN_FLAGS = {"--checkpoint": 1, "--output": 1, "--formats": None, "--onnx_frames": 1,
+              "--check_audio": 1, "--tolerance": 1}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_arg_parser(DESCRIPTION)
+    parser.add_argument("--checkpoint", default=None, help="model weights (default: Pretrained_model)")
+    parser.add_argument("--output", default="export/deepspeech2", help="output path stem (default: %(default)s)")
+    parser.add_argument("--formats", nargs="+", default=["MINDIR", "ONNX"], choices=["MINDIR", "ONNX"],
+                        type=str.upper)
+    parser.add_argument("--onnx_frames", type=int, default=2400,
+                        help="feature frames of the static ONNX input (default: %(default)s = 24 s)")
+    parser.add_argument("--check_audio", default=None, help="audio file whose features drive the check")
+    parser.add_argument("--tolerance", type=float, default=None, help="largest logit difference accepted")
+    args, rest = parser.parse_known_args(argv)
+    config_argv = ["-c", args.config] + rest
+    for flag in ("device_target", "device_id", "mode", "pre_trained_model_path"):
+        value = getattr(args, flag)
+        if value is not None:
+            config_argv += [f"--{flag}", str(value)]
+    try:
+        config = parse_command_line(config_argv, DESCRIPTION)
+        checkpoint = args.checkpoint or config.Pretrained_model
+        if not checkpoint:
+            raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
+        from mindaudio.export import DEFAULT_TOLERANCE, ExportError, export_model
+        from mindaudio.training.runtime import setup_runtime
+
+        setup_runtime(config.runtime, config.TrainingConfig.seed)
+        features = None
+        if args.check_audio:
+            from mindaudio.data.audio import load_audio
+            from mindaudio.data.features import log_spectrogram
+            features = log_spectrogram(load_audio(args.check_audio, config.SpectConfig.sample_rate),
+                                       config.SpectConfig)
+        tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE
+        report = export_model(config, checkpoint, args.output, args.formats, args.onnx_frames,
+                              check_features=features, tolerance=tolerance)
+    except (ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ExportError as err:
+        print(f"export check failed: {err}", file=sys.stderr)
+        return 1
+    for check in report.checks:
+        print(f"{check.file}: max |logit difference| {check.max_abs_diff:.3g} over inputs "
+              f"{', '.join('x'.join(map(str, s)) for s in check.shapes)}; output lengths equal: "
+              f"{check.lengths_equal}")
+    print(f"description: {args.output}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

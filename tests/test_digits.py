@@ -1,0 +1,243 @@
+"""The bundled spoken-digits recipe: the shipped corpus, its preparer, per-speaker scoring, and a
+brief training run that must recognise speakers it never heard."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mindaudio.data.audio import load_audio
+from mindaudio.data.digits import (DEFAULT_TEST_SPEAKERS, CorpusError, add_per_speaker, prepare_digits,
+                                   read_labels, speaker_of, split_recordings)
+from mindaudio.data.manifest import read_manifest
+from mindaudio.metrics import error_rates_by_group
+
+SPEAKERS = {"george", "jackson", "lucas", "theo", "yweweler"}
+
+
+@pytest.fixture(scope="module")
+def corpus(repo_root) -> Path:
+    return repo_root / "data" / "digits"
+
+
+@pytest.fixture(scope="module")
+def fsdd_rows(fsdd_dir):
+    with open(fsdd_dir / "labels.tsv", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    summary = prepare_digits(root, corpus, verbose=False)
+    return root, summary
+
+
+def manifest_path(root: Path, split: str) -> Path:
+    return root / split / f"digits_{split}_manifest.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped corpus
+
+def test_shipped_flacs_are_sample_exact_copies_of_the_fsdd_wavs(corpus, fsdd_dir, fsdd_rows):
+    flacs = sorted(path.stem for path in (corpus / "recordings").glob("*.flac"))
+    assert flacs == sorted(row["id"] for row in fsdd_rows)
+    for row in fsdd_rows:
+        wav, wav_rate = sf.read(str(fsdd_dir / "recordings" / f"{row['id']}.wav"), dtype="int16")
+        flac, flac_rate = sf.read(str(corpus / "recordings" / f"{row['id']}.flac"), dtype="int16")
+        assert flac_rate == wav_rate == 8000
+        np.testing.assert_array_equal(flac, wav, err_msg=row["id"])
+        assert sf.info(str(corpus / "recordings" / f"{row['id']}.flac")).subtype == "PCM_16"
+
+
+def test_shipped_labels_licence_and_attribution(corpus, fsdd_dir):
+    assert (corpus / "labels.tsv").read_bytes() == (fsdd_dir / "labels.tsv").read_bytes()
+    licence = (corpus / "LICENSE").read_text()
+    assert "Attribution-ShareAlike 4.0 International" in licence
+    assert "Section 3 -- License Conditions." in licence  # the full legal text, not a summary
+    readme = (corpus / "README.md").read_text()
+    assert "Jakobovski/free-spoken-digit-dataset" in readme and "CC BY-SA 4.0" in readme
+
+
+def test_labels_read_back_with_speaker_parsed_from_the_id(corpus, fsdd_rows):
+    recordings = read_labels(corpus)
+    assert len(recordings) == len(fsdd_rows) == 2500
+    for recording, row in zip(recordings, fsdd_rows):
+        assert (recording.id, recording.speaker, recording.transcript) == (row["id"], row["speaker"],
+                                                                            row["transcript"])
+        assert recording.duration == pytest.approx(float(row["duration_s"]), abs=1e-4)
+        assert speaker_of(recording.id) == row["speaker"]
+
+
+def test_speaker_of_rejects_ids_of_other_corpora():
+    assert speaker_of("7_theo_12") == "theo"
+    for bad in ("1089-134686-0000", "theo_12", "x_theo_1", ""):
+        with pytest.raises(ValueError, match="spoken-digit id"):
+            speaker_of(bad)
+
+
+def test_load_audio_resamples_a_shipped_flac_to_16_khz(corpus):
+    path = corpus / "recordings" / "7_theo_12.flac"
+    source, _ = sf.read(str(path), dtype="float32")
+    signal = load_audio(path, 16000)
+    assert signal.dtype == np.float32 and signal.shape == (2 * source.shape[0],)
+    # Resampling keeps the signal: every other output sample is close to the source sample
+    # (away from the edges, where the filter sees the implicit zeros beyond the recording).
+    middle = slice(200, source.shape[0] - 200)
+    np.testing.assert_allclose(signal[::2][middle], source[middle], atol=0.1 * np.abs(source).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# The preparer
+
+def test_prepare_holds_out_whole_speakers_and_lists_every_file_once(prepared, corpus, fsdd_rows):
+    root, summary = prepared
+    by_id = {row["id"]: row for row in fsdd_rows}
+    ids = {}
+    for split in ("train", "val", "test"):
+        utterances = read_manifest(manifest_path(root, split))
+        ids[split] = [u.id for u in utterances]
+        assert len(set(ids[split])) == len(ids[split])
+        for u in utterances:
+            row = by_id[u.id]
+            assert u.transcript == row["transcript"]
+            assert Path(u.audio_path) == (corpus / "recordings" / f"{u.id}.flac").resolve()
+            assert u.duration == pytest.approx(sf.info(u.audio_path).duration, abs=1e-9)
+    assert sorted(ids["train"] + ids["val"] + ids["test"]) == sorted(by_id)
+    speakers = {split: {by_id[i]["speaker"] for i in ids[split]} for split in ids}
+    assert speakers["test"] == set(DEFAULT_TEST_SPEAKERS)
+    assert speakers["train"] == speakers["val"] == SPEAKERS - set(DEFAULT_TEST_SPEAKERS)
+    # Every take of a held-out speaker is tested; validation is the dataset's own test takes.
+    assert len(ids["test"]) == 500 * len(DEFAULT_TEST_SPEAKERS)
+    assert {int(by_id[i]["index"]) for i in ids["val"]} == set(range(5))
+    assert {int(by_id[i]["index"]) for i in ids["train"]} == set(range(5, 50))
+    assert [s.utterances for s in summary.splits] == [len(ids["train"]), len(ids["val"]), len(ids["test"])]
+
+
+def test_prepare_again_rewrites_nothing(prepared, corpus):
+    root, _ = prepared
+    paths = [manifest_path(root, split) for split in ("train", "val", "test")]
+    paths += sorted((root / "test" / "txt").glob("*.txt"))[:5]
+    before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in paths]
+    summary = prepare_digits(root, corpus, verbose=False)
+    assert [s.texts_written for s in summary.splits] == [0, 0, 0]
+    assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in paths] == before
+
+
+def test_other_held_out_speakers(corpus, tmp_path):
+    prepare_digits(tmp_path, corpus, test_speakers=["lucas"], verbose=False)
+    test = read_manifest(manifest_path(tmp_path, "test"))
+    train = read_manifest(manifest_path(tmp_path, "train"))
+    assert {speaker_of(u.id) for u in test} == {"lucas"} and len(test) == 500
+    assert "lucas" not in {speaker_of(u.id) for u in train}
+
+
+def test_bad_test_speakers_and_a_broken_corpus_are_named(corpus, tmp_path):
+    recordings = read_labels(corpus)
+    with pytest.raises(CorpusError, match="unknown test speaker.*nobody"):
+        split_recordings(recordings, ["theo", "nobody"])
+    with pytest.raises(CorpusError, match="none is left to train on"):
+        split_recordings(recordings, sorted(SPEAKERS))
+    broken = tmp_path / "broken"
+    (broken / "recordings").mkdir(parents=True)
+    (broken / "labels.tsv").write_bytes((corpus / "labels.tsv").read_bytes())
+    with pytest.raises(CorpusError, match=r"0_george_0\.flac"):
+        prepare_digits(tmp_path / "out", broken, verbose=False)
+    with pytest.raises(CorpusError, match="labels.tsv not found"):
+        prepare_digits(tmp_path / "out", tmp_path / "nowhere", verbose=False)
+
+
+def test_command_line_prepares(repo_root, tmp_path):
+    proc = subprocess.run([sys.executable, "mindaudio/data/digits.py", "--root_path", str(tmp_path)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out test speakers: george, theo" in proc.stdout
+    assert len(read_manifest(manifest_path(tmp_path, "val"))) == 150
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring per speaker
+
+def test_error_rates_by_group_scores_each_group_as_its_own_corpus():
+    refs = ["ONE", "TWO", "THREE", "FOUR", "FIVE"]
+    hyps = ["ONE", "TOO", "", "FOUR", "FIVE SIX"]
+    groups = ["b", "b", "a", "a", "a"]
+    rates = error_rates_by_group(refs, hyps, groups)
+    assert list(rates) == ["a", "b"]
+    # a: THREE deleted (1 word), FIVE -> FIVE SIX inserts one: 2 edits / 3 words;
+    #    characters: 5 deleted + 3 inserted over 13 (THREE FOUR FIVE without spaces).
+    assert rates["a"]["wer"] == pytest.approx(100 * 2 / 3)
+    assert rates["a"]["cer"] == pytest.approx(100 * 8 / 13)
+    # b: TWO -> TOO is one word substitution of 2 words, one character substitution of 6.
+    assert rates["b"]["wer"] == pytest.approx(50.0)
+    assert rates["b"]["cer"] == pytest.approx(100 / 6)
+    assert (rates["a"]["utterances"], rates["b"]["utterances"]) == (3, 2)
+    with pytest.raises(ValueError, match="group names"):
+        error_rates_by_group(refs, hyps, groups[:-1])
+
+
+def test_per_speaker_breakdown_is_added_to_an_eval_report(tmp_path, repo_root):
+    rows = [{"id": "3_theo_1", "reference": "THREE", "hypothesis": "THREE"},
+            {"id": "4_theo_2", "reference": "FOUR", "hypothesis": "FOR"},
+            {"id": "5_george_0", "reference": "FIVE", "hypothesis": "FIVE"}]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"wer": 100 / 3, "cer": 0.0, "utterances": rows}))
+    proc = subprocess.run([sys.executable, "mindaudio/data/digits.py", "--report", str(report)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    per_speaker = json.loads(report.read_text())["per_speaker"]
+    assert per_speaker["theo"]["wer"] == pytest.approx(50.0)
+    assert per_speaker["theo"]["cer"] == pytest.approx(100 / 9)
+    assert per_speaker["george"]["wer"] == 0.0
+    assert per_speaker["all"]["wer"] == pytest.approx(100 / 3) and per_speaker["all"]["utterances"] == 3
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["speaker", "utterances", "WER", "%", "CER", "%"]
+    assert lines[2].split()[:3] == ["theo", "2", "50.00"]
+    with pytest.raises(CorpusError, match="not an eval.py report"):
+        add_per_speaker(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe, briefly
+
+# Chance is about 90% WER: ten equally likely one-word answers.
+HELD_OUT_WER_BOUND = 50.0
+BRIEF_EPOCHS = 4
+
+
+def subset_manifest(source: Path, target: Path, keep) -> Path:
+    """A copy of an original-form manifest keeping the samples whose recording id passes `keep`."""
+    document = json.loads(source.read_text())
+    document["samples"] = [s for s in document["samples"] if keep(Path(s["wav_path"]).stem)]
+    target.write_text(json.dumps(document))
+    return target
+
+
+@pytest.mark.slow
+def test_brief_training_recognises_speakers_it_never_heard(repo_root, corpus, tmp_path):
+    data = tmp_path / "data"
+    prepare_digits(data, corpus, verbose=False)
+    # Every fifth take of each held-out speaker (100 each) keeps the evaluation short.
+    test = subset_manifest(manifest_path(data, "test"), tmp_path / "test_subset.json",
+                           lambda uid: int(uid.rsplit("_", 1)[1]) % 5 == 0)
+    run = tmp_path / "run"
+    overrides = ["--TrainingConfig.train_manifest", str(manifest_path(data, "train")),
+                 "--TrainingConfig.val_manifest", "''", "--TrainingConfig.epochs", str(BRIEF_EPOCHS),
+                 "--EvalConfig.test_manifest", str(test), "--CheckpointConfig.ckpt_path", str(run / "ckpt"),
+                 "--EvalConfig.save_output", str(run / "held_out")]
+    for script in ("train.py", "eval.py"):
+        proc = subprocess.run([sys.executable, script, "-c", "configs/digits.yaml", *overrides], cwd=repo_root,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{script}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert (run / "ckpt" / "train_log.png").stat().st_size > 1000
+    per_speaker = add_per_speaker(run / "held_out.json")
+    assert set(per_speaker) == {"george", "theo", "all"}
+    assert per_speaker["all"]["utterances"] == 200
+    assert per_speaker["all"]["wer"] < HELD_OUT_WER_BOUND, per_speaker
+    for speaker in ("george", "theo"):
+        assert per_speaker[speaker]["wer"] < 75.0, per_speaker
