@@ -118,6 +118,7 @@ def _sample_records(split, spect, chosen, blank_id, cap, run_step, compile_step,
         compile_s = _timed(lambda: compile_step(inputs))
         times = [_timed(lambda: run_step(inputs)) for _ in range(repeats)]
         records.append({"frames": batch.frames, "utterances": len(batch.indices),
+                        "padded_frames": batch.frames * len(batch.indices),
                         "audio_s": _audio_seconds(split, [batch], cap), "step_s": float(np.median(times)),
                         "compile_s": compile_s, "data_cpu_s": data_s})
     return records
@@ -128,7 +129,8 @@ def _plan_stats(split, plan, cap, seconds_per_frame) -> Dict:
     padded = sum(batch.frames * len(batch.indices) for batch in plan) * seconds_per_frame
     return {"utterances": len(split.utterances), "batches": len(plan), "epoch_audio_s": epoch_audio,
             "cropped_s": round(max(0.0, float(split.durations.sum()) - epoch_audio), 3),
-            "padded_over_audio": padded / epoch_audio, "shapes_in_epoch": len({b.frames for b in plan})}
+            "padded_over_audio": padded / epoch_audio, "shapes_in_epoch": len({b.frames for b in plan}),
+            "plan_padded_frames": sum(batch.frames * len(batch.indices) for batch in plan)}
 
 
 def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, strata: int,
@@ -523,3 +525,43 @@ def step_profile(hidden: int, layers: int, batch_size: int, frames: int, repeats
     result["data_cpu_s"] = time.process_time() - start
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def batch_scaling(hidden: int, layers: int, frames: int, batch_sizes: Sequence[int], repeats: int) -> Dict:
+    """Training step time against batch size at a fixed length (ours, random features): shows
+    whether a step is bound by streaming the weights (time flat in batch) or by arithmetic."""
+    config = make_config(hidden, layers, baseline=False)
+    spect = config.SpectConfig
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    model = build_model(config, max(batch_sizes), seed=1)
+    optim = config.OptimConfig
+    weights = ParameterTuple(model.trainable_params())
+    accumulators = make_accumulators(weights)
+    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
+    apply = ApplyGradients(nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon),
+                           accumulators, optim.loss_scale, optim.max_grad_norm)
+    accumulate.set_train(True)
+    one = Tensor(1.0, ms.float32)
+    rng = np.random.default_rng(0)
+    freq = int(spect.sample_rate * spect.window_size) // 2 + 1
+    seconds = frames * hop_size(spect) / spect.sample_rate
+    flops = train_flops_per_second(hidden, layers, len(config.labels), spect)
+    rows = []
+    for batch in batch_sizes:
+        label_len = frames // 8
+        inputs = (Tensor(rng.standard_normal((batch, 1, freq, frames), dtype=np.float32)),
+                  Tensor(np.full(batch, frames, np.int32)),
+                  Tensor(rng.integers(0, len(config.labels) - 1, (batch, label_len)).astype(np.int32)),
+                  Tensor(np.full(batch, label_len, np.int32)))
+        accumulate.compile(*inputs)
+
+        def step():
+            accumulate(*inputs)
+            apply(one).asnumpy()
+
+        step()
+        step_s = float(np.median([_timed(step) for _ in range(repeats)]))
+        audio = batch * seconds
+        rows.append({"batch_size": batch, "step_s": step_s, "audio_s_per_s": audio / step_s,
+                     "gflops": flops * audio / step_s / 1e9})
+    return {"frames": frames, "rows": rows, "peak_rss_mb": peak_rss_mb()}

@@ -40,6 +40,7 @@ FULL_SETTINGS = {
     "rtf": {"full": dict(utterances=2, repeats=1), "small": dict(utterances=3, repeats=2)},
     "max_utterances": 0,
     "profile": dict(batch_size=2, frames=600, repeats=1),
+    "scaling": dict(frames=300, batch_sizes=[1, 2, 4], repeats=1),
     "features": dict(seconds=60.0, repeats=5),
     "matmul": dict(size=2048, repeats=5),
     "digits": dict(strata_repeats=1, hidden=256, layers=2),
@@ -51,6 +52,7 @@ QUICK_SETTINGS = {
     "rtf": {"full": dict(utterances=1, repeats=1)},
     "max_utterances": 32,
     "profile": dict(batch_size=2, frames=200, repeats=1),
+    "scaling": dict(frames=100, batch_sizes=[1, 2], repeats=1),
     "features": dict(seconds=10.0, repeats=2),
     "matmul": dict(size=512, repeats=2),
     "digits": dict(strata_repeats=1, hidden=32, layers=1),
@@ -75,6 +77,7 @@ def jobs(settings: Dict) -> List[tuple]:
             out.append((f"rtf/{model}/{scheme}", "transcription_rtf", dict(common, **settings["rtf"][model]), 0))
     hidden, layers = settings["models"]["full"]
     out.append(("profile/full", "step_profile", dict(hidden=hidden, layers=layers, **settings["profile"]), 0))
+    out.append(("scaling/full", "batch_scaling", dict(hidden=hidden, layers=layers, **settings["scaling"]), 0))
     out.append(("digits", "digits_compile_share", settings["digits"], 0))
     return out
 
@@ -262,6 +265,16 @@ def build_tables(results: Dict[str, Dict], settings: Dict) -> List[str]:
         lines.append(f"| whole step | | | {step:.3f} | 100% |")
         lines.append(f"| data (features of the batch; CPU, overlapped by workers) | | | {prof['data_cpu_s']:.3f} | "
                      f"{100 * prof['data_cpu_s'] / step:.1f}% |")
+    scaling = results.get("scaling/full")
+    if scaling:
+        hidden, layers = settings["models"]["full"]
+        lines += ["", f"Training step against batch size (H{hidden}x{layers}, ours, {scaling['frames']} frames, "
+                      f"random features; matmul limit {_fmt(limit)} GFLOP/s):", "",
+                  "| batch | step (s) | audio s/s | useful GFLOP/s | share of matmul rate |", "|---|---|---|---|---|"]
+        for row in scaling["rows"]:
+            share = f"{100 * row['gflops'] / limit:.1f}%" if limit else "n/a"
+            lines.append(f"| {row['batch_size']} | {row['step_s']:.3f} | {row['audio_s_per_s']:.2f} | "
+                         f"{row['gflops']:.1f} | {share} |")
     lines += ["", "Padding overhead (padded frames / real frames) of bucketing schemes, computed from the "
                   "length listings (no timing):", "",
               "| scheme | train-clean-5 | test-clean |", "|---|---|---|"]

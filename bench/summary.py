@@ -8,14 +8,19 @@ def summarize_throughput(parts: List[Dict]) -> Dict:
     """Merge the results of one benchmark run as several processes (one per sampled batch) into
     epoch figures.
 
-    Epoch time = planned batches x mean step time of the stratified sample; throughput = audio
-    the model sees in the epoch / epoch time. Compile time per input shape is the mean over the
-    sampled shapes; an epoch compiles every shape of its plan once.
+    Epoch time = the sample's seconds per padded frame x the padded frames of the whole epoch
+    plan (a ratio estimator: step time is close to proportional to batch x padded frames, and
+    this removes most of the error of a small sample of the length mix); throughput = audio the
+    model sees in the epoch / epoch time. `epoch_s_by_mean` is the plain estimate, batches x
+    mean step time. Compile time per input shape is the mean over the sampled shapes; an epoch
+    compiles every shape of its plan once.
     """
     first = parts[0]
     samples = [sample for part in parts for sample in part["samples"]]
     steps = [sample["step_s"] for sample in samples]
-    epoch_time = first["batches"] * sum(steps) / len(steps)
+    sample_padded = sum(sample["padded_frames"] for sample in samples)
+    epoch_time = sum(steps) / sample_padded * first["plan_padded_frames"]
+    epoch_by_mean = first["batches"] * sum(steps) / len(steps)
     sample_audio = sum(sample["audio_s"] for sample in samples)
     by_shape: Dict[int, float] = {}
     for sample in samples:
@@ -26,7 +31,8 @@ def summarize_throughput(parts: List[Dict]) -> Dict:
                                            "flops_per_audio_s")}
     throughput = first["epoch_audio_s"] / epoch_time
     summary.update(
-        sampled_batches=len(samples), throughput=throughput,
+        sampled_batches=len(samples), throughput=throughput, epoch_s=epoch_time,
+        epoch_s_by_mean=epoch_by_mean, throughput_by_mean=first["epoch_audio_s"] / epoch_by_mean,
         sample_throughput=sample_audio / sum(steps), step_s=steps,
         sample_frames=[sample["frames"] for sample in samples],
         compile_per_shape_s=compile_per_shape,

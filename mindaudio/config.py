@@ -332,8 +332,8 @@ def validate(config: Config) -> None:
     _require(c.save_checkpoint_steps >= 0, config, "CheckpointConfig.save_checkpoint_steps", "must be >= 0")
     _require(e.batch_size >= 1, config, "EvalConfig.batch_size", "must be >= 1")
     _require(e.beam_width >= 1, config, "EvalConfig.beam_width", f"must be >= 1, got {e.beam_width}")
-    _require(e.alpha >= 0 and e.hotword_weight >= 0, config, "EvalConfig.alpha",
-             "alpha and hotword_weight must be >= 0")
+    _require(e.alpha >= 0, config, "EvalConfig.alpha", f"must be >= 0, got {e.alpha}")
+    _require(e.hotword_weight >= 0, config, "EvalConfig.hotword_weight", f"must be >= 0, got {e.hotword_weight}")
     for key, frames in (("TrainingConfig.fixed_frames", t.fixed_frames),
                         ("EvalConfig.fixed_frames", e.fixed_frames)):
         _require(frames >= 0, config, key, f"must be >= 0 (0 = length buckets), got {frames}")

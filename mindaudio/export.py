@@ -165,15 +165,16 @@ def check_inputs(freq_bins: int, shapes: Sequence[Tuple[int, Sequence[int]]], se
                  real_features: Optional[np.ndarray] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
     """(features, lengths) pairs for the checks: for each (frames, lengths) a batch padded to
     `frames` whose utterance b has lengths[b] frames: standard-normal values (the features are
-    normalised), or slices of `real_features` (F, T) when given, zero beyond each length."""
+    normalised), or `real_features` (F, T) when given (repeated if too short), zero beyond each length."""
     rng = np.random.default_rng(seed)
     pairs = []
     for frames, lengths in shapes:
         batch = np.zeros((len(lengths), 1, freq_bins, frames), np.float32)
         for b, length in enumerate(lengths):
             if real_features is not None:
-                take = min(length, real_features.shape[1])
-                batch[b, 0, :, :take] = real_features[:, :take]
+                # Repeated along time when the recording is shorter than the length wanted.
+                repeats = -(-length // real_features.shape[1])
+                batch[b, 0, :, :length] = np.tile(real_features, (1, repeats))[:, :length]
             else:
                 batch[b, 0, :, :length] = rng.standard_normal((freq_bins, length))
         pairs.append((batch, np.asarray(lengths, np.int32)))

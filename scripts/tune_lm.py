@@ -6,8 +6,8 @@
 
 The acoustic model runs over the manifest once; its log-probabilities are cached in an .npz
 (--cache, default OUTPUT.npz, reused when the manifest, checkpoint and model match), then every
-(alpha, beta) pair is decoded from the cache. Prints the table, greedy's WER for reference, and
-the best pair as EvalConfig overrides; writes everything to --output. Tune on validation data,
+(alpha, beta) pair is decoded from the cache. Prints the table, greedy's and the LM-less beam's
+WER for reference, and the best pair as EvalConfig overrides; writes everything to --output. Tune on validation data,
 never on the test set you report.
 """
 import hashlib
@@ -161,10 +161,14 @@ def main(argv=None) -> int:
     greedy = GreedyDecoder(config.labels, len(config.labels) - 1)
     greedy_hyps = [greedy.decode(lp).text for lp in log_probs]
     baseline = {"wer": word_error_rate(references, greedy_hyps), "cer": char_error_rate(references, greedy_hyps)}
+    no_lm = BeamSearchDecoder(config.labels, len(config.labels) - 1, beam_width=decoder.beam_width)
+    beam_hyps = [no_lm.decode(lp).text for lp in log_probs]
+    beam_only = {"wer": word_error_rate(references, beam_hyps), "cer": char_error_rate(references, beam_hyps)}
     rows = grid_search(decoder, log_probs, references, args.alphas, args.betas)
     best = best_row(rows)
     print(f"{len(references)} utterances of {manifest}, beam width {decoder.beam_width}, LM {decoder.lm_path}")
     print(f"greedy: WER {baseline['wer']:.2f}%  CER {baseline['cer']:.2f}%")
+    print(f"beam without LM: WER {beam_only['wer']:.2f}%  CER {beam_only['cer']:.2f}%")
     print(f"{'alpha':>6} {'beta':>6} {'WER %':>7} {'CER %':>7}")
     for row in rows:
         mark = "  <- best" if row is best else ""
@@ -173,6 +177,7 @@ def main(argv=None) -> int:
           f"--EvalConfig.alpha {best['alpha']:g} --EvalConfig.beta {best['beta']:g}")
     result = {"manifest": manifest, "checkpoint": checkpoint, "lm_path": decoder.lm_path,
               "beam_width": decoder.beam_width, "utterances": len(references), "greedy": baseline,
+              "beam_without_lm": beam_only,
               "grid": rows, "best": best}
     tmp = output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:

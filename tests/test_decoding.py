@@ -123,6 +123,22 @@ def test_arpa_backoff_lookup_agrees_with_kenlm(train_clean_5_lm, shared_dir):
         assert ours == pytest.approx(lm.score(sentence, bos=True, eos=True), abs=1e-4)
 
 
+def test_build_ngram_lm_script(tmp_path, repo_root):
+    import subprocess
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat\nThe dog sat!\n\nthe cat ran\n")
+    arpa = tmp_path / "out" / "lm.arpa"
+    proc = subprocess.run([sys.executable, "scripts/build_ngram_lm.py", str(text), str(arpa), "--order", "2"],
+                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "order 2 from 3 sentences (9 words)" in proc.stdout
+    assert sorted(read_arpa_unigrams(str(arpa))) == ["CAT", "DOG", "RAN", "SAT", "THE"]
+    assert kenlm.Model(str(arpa)).order == 2
+    missing = subprocess.run([sys.executable, "scripts/build_ngram_lm.py", str(tmp_path / "none.txt"), str(arpa)],
+                             cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "text file not found" in missing.stderr
+
+
 def test_normalise_line_spells_words_as_the_labels():
     alphabet = [c for c in LABELS[:-1] if c != " "]
     assert normalise_line("It's  a self-made man, 1999!\n", alphabet) == ["IT'S", "A", "SELFMADE", "MAN"]
@@ -245,6 +261,10 @@ def test_decoder_type_is_validated_with_the_key_named():
         small_config(decoder_type="beams")
     with pytest.raises(ConfigError, match=r"EvalConfig.beam_width"):
         small_config(decoder_type="beam", beam_width=0)
+    with pytest.raises(ConfigError, match=r"EvalConfig.alpha: must be >= 0"):
+        small_config(decoder_type="beam", alpha=-0.5)
+    with pytest.raises(ConfigError, match=r"EvalConfig.hotwords\[0\]: expected a string"):
+        small_config(decoder_type="beam", hotwords=[3])
 
 
 def test_build_decoder_follows_the_config(tmp_path, train_clean_5_lm):
