@@ -205,9 +205,19 @@ def test_per_speaker_breakdown_is_added_to_an_eval_report(tmp_path, repo_root):
 # ---------------------------------------------------------------------------------------------
 # The recipe, briefly
 
-# Chance is about 90% WER: ten equally likely one-word answers.
-HELD_OUT_WER_BOUND = 50.0
+# The recipe's first 4 epochs (344 of its 860 steps): training is deterministic, so this run
+# repeats the first 4 epochs of the full one exactly.
 BRIEF_EPOCHS = 4
+DIGIT_WORDS = ("ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
+
+
+def chance_error_rates():
+    """WER and CER (percent) of guessing one of the ten words uniformly at random: every
+    (reference, guess) pair once."""
+    import jiwer
+    refs = [ref for ref in DIGIT_WORDS for _ in DIGIT_WORDS]
+    guesses = [guess for _ in DIGIT_WORDS for guess in DIGIT_WORDS]
+    return 100 * jiwer.wer(refs, guesses), 100 * jiwer.cer(refs, guesses)
 
 
 def subset_manifest(source: Path, target: Path, keep) -> Path:
@@ -238,6 +248,11 @@ def test_brief_training_recognises_speakers_it_never_heard(repo_root, corpus, tm
     per_speaker = add_per_speaker(run / "held_out.json")
     assert set(per_speaker) == {"george", "theo", "all"}
     assert per_speaker["all"]["utterances"] == 200
-    assert per_speaker["all"]["wer"] < HELD_OUT_WER_BOUND, per_speaker
+    chance_wer, chance_cer = chance_error_rates()
+    assert chance_wer == pytest.approx(90.0) and chance_cer > 85.0
+    # Far below chance on voices never heard: measured 66% WER / 43% CER after 4 epochs, 56% / 36%
+    # after 5 (the full recipe: 50% / 35%); the bounds leave room for other CPUs' float rounding.
+    assert per_speaker["all"]["wer"] < chance_wer - 15, per_speaker
+    assert per_speaker["all"]["cer"] < chance_cer / 2 + 5, per_speaker
     for speaker in ("george", "theo"):
-        assert per_speaker[speaker]["wer"] < 75.0, per_speaker
+        assert per_speaker[speaker]["cer"] < chance_cer - 20, per_speaker
