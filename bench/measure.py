@@ -2,8 +2,9 @@
 
 Timing rules: a graph is compiled on the first call with a new input shape. Every new shape is
 first compiled explicitly (`Cell.compile`, timed: the compile time), then run and timed; a run
-ends with `.asnumpy()` so the device work is finished. The first run after a compile is counted
-as a normal run (it also allocates the graph's memory; the same holds for every scheme).
+ends with `.asnumpy()` so the device work is finished. The first run after a compile also
+allocates the graph's memory and prepares the kernels: it is run untimed (warm-up) before the
+timed runs.
 """
 from __future__ import annotations
 
@@ -116,10 +117,12 @@ def _sample_records(split, spect, chosen, blank_id, cap, run_step, compile_step,
     for batch, arr, data_s in zip(chosen, arrays, data_seconds):
         inputs = make_inputs(arr)
         compile_s = _timed(lambda: compile_step(inputs))
+        warmup_s = _timed(lambda: run_step(inputs))
         times = [_timed(lambda: run_step(inputs)) for _ in range(repeats)]
         records.append({"frames": batch.frames, "utterances": len(batch.indices),
                         "padded_frames": batch.frames * len(batch.indices),
                         "audio_s": _audio_seconds(split, [batch], cap), "step_s": float(np.median(times)),
+                        "warmup_s": warmup_s, "runs_s": times,
                         "compile_s": compile_s, "data_cpu_s": data_s})
     return records
 
@@ -253,6 +256,7 @@ def transcription_rtf(hidden: int, layers: int, baseline: bool, utterances: int,
         start = time.perf_counter()
         audio += transcribe(path, compile_only=True)
         compile_s.append(time.perf_counter() - start)
+        transcribe(path)  # warm-up: the first run after a compile allocates the graph's memory
         times = [_timed(lambda: transcribe(path)) for _ in range(repeats)]
         wall += float(np.median(times))
     return {"utterances": len(paths), "audio_s": audio, "rtf": wall / audio,
