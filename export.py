@@ -9,7 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
-from mindaudio.config import ConfigError, build_arg_parser, parse_command_line
+from mindaudio.config import ConfigError, build_arg_parser, config_command_line, parse_command_line
 from mindaudio.training.checkpoint import CheckpointError
 
 DESCRIPTION = "Export DeepSpeech2 to MindIR and ONNX and check the exports against the checkpoint."
@@ -29,13 +29,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--check_audio", default=None, help="audio file whose features drive the check")
     parser.add_argument("--tolerance", type=float, default=None, help="largest logit difference accepted")
     args, rest = parser.parse_known_args(argv)
-    config_argv = ["-c", args.config] + rest
-    for flag in ("device_target", "device_id", "mode", "pre_trained_model_path"):
-        value = getattr(args, flag)
-        if value is not None:
-            config_argv += [f"--{flag}", str(value)]
     try:
-        config = parse_command_line(config_argv, DESCRIPTION)
+        config = parse_command_line(config_command_line(args, rest, single_process=True), DESCRIPTION)
         checkpoint = args.checkpoint or config.Pretrained_model
         if not checkpoint:
             raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")

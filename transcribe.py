@@ -12,11 +12,10 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
-from mindaudio.config import ConfigError, build_arg_parser, parse_command_line
+from mindaudio.config import ConfigError, build_arg_parser, config_command_line, parse_command_line
 from mindaudio.training.checkpoint import CheckpointError
 
 DESCRIPTION = "Transcribe audio files with DeepSpeech2 (greedy or beam search with an n-gram LM)."
-_CONFIG_FLAGS = ("device_target", "device_id", "mode", "is_distributed", "pre_trained_model_path")
 
 
 def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -50,13 +49,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="audio each chunk also sees on either side (default: %(default)s)")
     parser.add_argument("files", nargs="+", help="audio files")
     args = parser.parse_args(rest)
-    config_argv = ["-c", args.config]
-    for flag in _CONFIG_FLAGS:
-        value = getattr(args, flag)
-        if value is not None:
-            config_argv += [f"--{flag}", str(value)]
     try:
-        config = parse_command_line(config_argv + overrides, DESCRIPTION)
+        config = parse_command_line(config_command_line(args, overrides), DESCRIPTION)
         checkpoint = args.checkpoint or config.Pretrained_model
         if not checkpoint:
             raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")

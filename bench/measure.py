@@ -71,6 +71,24 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
+def _training_step(model: nn.Cell, optim, weight_decay: bool = True):
+    """A training step's cells for `model`, as the trainer builds them on one process: CTC
+    gradients accumulated into buffers, then a clipped Adam update.
+
+    optim: an `OptimConfig`. weight_decay=False runs Adam without weight decay (`batch_scaling`
+    has always been timed so; kept so its results stay comparable). Returns (accumulate, apply,
+    one): `accumulate(features, lengths, labels, label_lengths)` adds one batch's gradients,
+    `apply(one)` updates from that one batch; `one` is the float32 scalar 1.0.
+    """
+    weights = ParameterTuple(model.trainable_params())
+    accumulators = make_accumulators(weights)
+    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
+    adam = nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon,
+                   weight_decay=optim.weight_decay if weight_decay else 0.0)
+    apply = ApplyGradients(adam, accumulators, optim.loss_scale, optim.max_grad_norm)
+    return accumulate, apply, Tensor(1.0, ms.float32)
+
+
 def _shape_timings(batches_data, run_step, compile_step, repeats: int) -> Dict:
     """Per new input shape the time of `compile_step(data)`; per batch the median of `repeats`
     timed `run_step(data)` calls."""
@@ -150,15 +168,8 @@ def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     ms.set_seed(train.seed)
     model = build_model(config, batch_size, seed=train.seed)
-    optim = config.OptimConfig
-    weights = ParameterTuple(model.trainable_params())
-    accumulators = make_accumulators(weights)
-    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
-    apply = ApplyGradients(nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon,
-                                   weight_decay=optim.weight_decay),
-                           accumulators, optim.loss_scale, optim.max_grad_norm)
+    accumulate, apply, one = _training_step(model, config.OptimConfig)
     accumulate.set_train(True)
-    one = Tensor(1.0, ms.float32)
     optimizer_compile = _timed(lambda: apply.compile(one))
 
     def step(data):
@@ -368,14 +379,7 @@ def digits_compile_share(strata_repeats: int, hidden: int = 256, layers: int = 2
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     model = build_model(config, batch_size, seed=1)
-    optim = config.OptimConfig
-    weights = ParameterTuple(model.trainable_params())
-    accumulators = make_accumulators(weights)
-    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
-    apply = ApplyGradients(nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon,
-                                   weight_decay=optim.weight_decay),
-                           accumulators, optim.loss_scale, optim.max_grad_norm)
-    one = Tensor(1.0, ms.float32)
+    accumulate, apply, one = _training_step(model, config.OptimConfig)
 
     def step(data):
         accumulate(*data)
@@ -507,18 +511,11 @@ def step_profile(hidden: int, layers: int, batch_size: int, frames: int, repeats
         result[f"{name}_forward_s"] = steady(lambda: net(*inputs).asnumpy())
         result[f"{name}_fwd_bwd_s"] = steady(run_backward)
 
-    optim = config.OptimConfig
-    weights = ParameterTuple(model.trainable_params())
-    accumulators = make_accumulators(weights)
-    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
-    apply = ApplyGradients(nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon,
-                                   weight_decay=optim.weight_decay),
-                           accumulators, optim.loss_scale, optim.max_grad_norm)
-    one = Tensor(1.0, ms.float32)
+    accumulate, apply, one = _training_step(model, config.OptimConfig)
     result["optimizer_s"] = steady(lambda: apply(one).asnumpy())
     result["step_s"] = steady(lambda: (accumulate(x, t_len, labels, label_lengths)[0].asnumpy(),
                                        apply(one).asnumpy()))
-    result["parameters"] = int(sum(np.prod(p.shape) for p in weights))
+    result["parameters"] = int(sum(np.prod(p.shape) for p in model.trainable_params()))
 
     # Data: one batch of real speech of this many frames, built as training builds it.
     signal = workloads.speech_signal()
@@ -538,14 +535,8 @@ def batch_scaling(hidden: int, layers: int, frames: int, batch_sizes: Sequence[i
     spect = config.SpectConfig
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     model = build_model(config, max(batch_sizes), seed=1)
-    optim = config.OptimConfig
-    weights = ParameterTuple(model.trainable_params())
-    accumulators = make_accumulators(weights)
-    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
-    apply = ApplyGradients(nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon),
-                           accumulators, optim.loss_scale, optim.max_grad_norm)
+    accumulate, apply, one = _training_step(model, config.OptimConfig, weight_decay=False)
     accumulate.set_train(True)
-    one = Tensor(1.0, ms.float32)
     rng = np.random.default_rng(0)
     freq = int(spect.sample_rate * spect.window_size) // 2 + 1
     seconds = frames * hop_size(spect) / spect.sample_rate

@@ -19,7 +19,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
@@ -27,8 +26,8 @@ import soundfile as sf  # noqa: E402
 import mindaudio  # noqa: E402,F401  (before mindspore)
 import mindspore as ms  # noqa: E402
 
-from corpus import librispeech_utterances  # noqa: E402
 from mindaudio.config import config_from_dict  # noqa: E402
+from mindaudio.data.librispeech import extracted_utterances  # noqa: E402
 from mindaudio.decoding.decoder import build_decoder  # noqa: E402
 from mindaudio.inference import AcousticModel, Transcriber  # noqa: E402
 from mindaudio.models.build import build_model  # noqa: E402
@@ -55,13 +54,13 @@ def main() -> int:
     model = build_model(config, 1, seed=0)
     transcriber = Transcriber(AcousticModel(model), config.SpectConfig, build_decoder(config),
                               chunk_seconds=args.chunk_seconds)
-    utterances = librispeech_utterances(Path(args.shared_dir) / "data" / "librispeech_mini" / "LibriSpeech")
-    by_id = {u[0]: u for u in utterances}
+    utterances = extracted_utterances(Path(args.shared_dir) / "data" / "librispeech_mini" / "LibriSpeech")
+    by_id = {u.uid: u for u in utterances}
     with tempfile.TemporaryDirectory() as tmp:
         long_path = os.path.join(tmp, "long.flac")
-        signal = np.concatenate([sf.read(str(u[1]), dtype="float32")[0] for u in utterances[: args.long_utterances]])
+        signal = np.concatenate([sf.read(str(u.flac), dtype="float32")[0] for u in utterances[: args.long_utterances]])
         sf.write(long_path, signal, 16000)
-        files = {"short": str(by_id["1988-24833-0001"][1]), "long": long_path}
+        files = {"short": str(by_id["1988-24833-0001"].flac), "long": long_path}
         rows = {}
         for name, path in files.items():
             start = time.perf_counter()

@@ -433,6 +433,27 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+# The original's flags as `build_arg_parser` stores them (argparse destinations).
+ORIGINAL_FLAGS = ("device_target", "device_id", "mode", "is_distributed", "pre_trained_model_path")
+
+
+def config_command_line(args: argparse.Namespace, overrides: Sequence[str] = (),
+                        single_process: bool = False) -> List[str]:
+    """The arguments for `parse_command_line` that rebuild the config a command was given:
+    `-c CONFIG`, then `overrides` (`--Section.key VALUE` tokens), then each original flag set.
+
+    args: parsed by a `build_arg_parser` parser that the command extended with flags of its own
+    (those are left out). single_process: leave out `--is_distributed`, as export.py and
+    scripts/tune_lm.py always have (they run in one process).
+    """
+    argv = ["-c", args.config, *overrides]
+    for flag in ORIGINAL_FLAGS:
+        value = getattr(args, flag)
+        if value is not None and not (single_process and flag == "is_distributed"):
+            argv += [f"--{flag}", str(value)]
+    return argv
+
+
 def parse_command_line(argv: Optional[Sequence[str]], description: str) -> Config:
     """Parse the original's flags, `-c`, and `--Section.key value` overrides into a validated Config."""
     parser = build_arg_parser(description)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 import mindaudio  # noqa: E402,F401  (before mindspore)
-from corpus import librispeech_utterances, small_config_dict, write_manifest  # noqa: E402
 from mindaudio.config import config_from_dict  # noqa: E402
+from mindaudio.data.librispeech import extracted_utterances  # noqa: E402
+from mindaudio.data.manifest import write_manifest_with_transcripts  # noqa: E402
 from mindaudio.evaluation import run_evaluation  # noqa: E402
 from mindaudio.training.trainer import Trainer  # noqa: E402
 
@@ -39,14 +39,18 @@ def main() -> int:
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    utterances = librispeech_utterances(Path(args.shared_dir) / "data" / "librispeech_mini" / "LibriSpeech")
-    manifest = write_manifest(work, utterances)
-    data = small_config_dict(manifest, work / "ckpt", TrainingConfig={
-        "batch_size": 4, "bucket_boundaries": [4.0, 8.0, 12.0], "num_workers": 2, "log_interval": 5},
-        ModelConfig={"hidden_size": args.hidden_size, "hidden_layers": args.hidden_layers},
-        OptimConfig={"learning_rate": args.learning_rate, "learning_anneal": 1.0},
-        CheckpointConfig={"save_checkpoint_steps": 0, "keep_checkpoint_max": 2},
-        EvalConfig={"batch_size": 14, "test_manifest": str(manifest), "save_output": str(work / "overfit_report")})
+    utterances = extracted_utterances(Path(args.shared_dir) / "data" / "librispeech_mini" / "LibriSpeech")
+    manifest = write_manifest_with_transcripts(work, utterances)
+    # TrainingConfig.epochs is raised round by round below; each round resumes from the last checkpoint.
+    data = {
+        "TrainingConfig": {"epochs": args.epochs_per_round, "batch_size": 4, "train_manifest": str(manifest),
+                           "val_manifest": "", "seed": 3, "num_workers": 2, "bucket_boundaries": [4.0, 8.0, 12.0],
+                           "max_duration": 17.0, "log_interval": 5},
+        "ModelConfig": {"hidden_size": args.hidden_size, "hidden_layers": args.hidden_layers},
+        "OptimConfig": {"learning_rate": args.learning_rate, "learning_anneal": 1.0},
+        "CheckpointConfig": {"ckpt_path": str(work / "ckpt"), "save_checkpoint_steps": 0, "keep_checkpoint_max": 2},
+        "EvalConfig": {"batch_size": 14, "test_manifest": str(manifest), "save_output": str(work / "overfit_report")},
+    }
     start = time.perf_counter()
     history = []
     epochs = 0

@@ -23,7 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mindaudio  # noqa: E402,F401  (must precede mindspore)
-from mindaudio.config import ConfigError, build_arg_parser, parse_command_line  # noqa: E402
+from mindaudio.config import (ConfigError, build_arg_parser, config_command_line,  # noqa: E402
+                              parse_command_line)
 from mindaudio.training.checkpoint import CheckpointError  # noqa: E402
 
 DESCRIPTION = "Grid-search alpha and beta of the beam decoder with an n-gram LM on a validation manifest."
@@ -124,18 +125,14 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="lm_tuning.json")
     parser.add_argument("--cache", default=None, help="log-probability cache (default: OUTPUT with .npz)")
     args, rest = parser.parse_known_args(argv)
-    config_argv = ["-c", args.config] + rest
-    for flag in ("device_target", "device_id", "mode", "pre_trained_model_path"):
-        value = getattr(args, flag)
-        if value is not None:
-            config_argv += [f"--{flag}", str(value)]
     try:
         overrides = ["--EvalConfig.decoder_type", "beam"]
         if args.lm:
             overrides += ["--EvalConfig.lm_path", args.lm]
         if args.beam_width:
             overrides += ["--EvalConfig.beam_width", str(args.beam_width)]
-        config = parse_command_line(config_argv + overrides, DESCRIPTION)
+        config = parse_command_line(config_command_line(args, rest, single_process=True) + overrides,
+                                    DESCRIPTION)
         if not config.EvalConfig.lm_path:
             raise ConfigError(f"{config.source}: EvalConfig.lm_path: no language model to tune; give --lm")
         manifest = args.manifest or config.TrainingConfig.val_manifest

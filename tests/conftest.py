@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the real speech in ../shared/data lives."""
+"""Shared test fixtures: where the real speech in ../shared/data lives, and MindSpore's execution mode."""
 import os
 from pathlib import Path
 
@@ -30,3 +30,17 @@ def librispeech_mini(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def fsdd_dir(shared_dir) -> Path:
     return shared_dir / "data" / "fsdd"
+
+
+@pytest.fixture(params=["graph", "pynative"])
+def execution_mode(request):
+    """Runs the test once in graph mode and once in PyNative mode; the previous mode is restored after."""
+    # Imported here: most tests never load MindSpore, and mindaudio must come first (it sets
+    # ONEDNN_MAX_CPU_ISA before MindSpore loads).
+    import mindaudio  # noqa: F401
+    import mindspore as ms
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
+    yield request.param
+    ms.set_context(mode=previous)

@@ -1,34 +1,10 @@
-"""Test corpora made from the real speech in ../shared/data (manifests written to a tmp dir)."""
-import json
+"""The tiny DeepSpeech2 configuration of the tests that train.
+
+The shared LibriSpeech sample is read with `mindaudio.data.librispeech.extracted_utterances` and
+written to manifests with `mindaudio.data.manifest.write_manifest_with_transcripts`.
+"""
 from pathlib import Path
-from typing import List, Optional
-
-
-def librispeech_utterances(librispeech_dir: Path, splits=("test-clean", "dev-clean", "train-clean-100")):
-    """(id, flac path, transcript) of the shared LibriSpeech sample, sorted by id."""
-    found = []
-    for split in splits:
-        for trans in sorted((librispeech_dir / split).glob("*/*/*.trans.txt")):
-            for line in trans.read_text().splitlines():
-                utt_id, text = line.split(" ", 1)
-                found.append((utt_id, trans.parent / f"{utt_id}.flac", text))
-    return sorted(found)
-
-
-def write_manifest(out_dir: Path, utterances, name: str = "manifest.json") -> Path:
-    """A manifest in the original's form whose audio entries point at the given files."""
-    import soundfile as sf
-
-    txt_dir = out_dir / "txt"
-    txt_dir.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for utt_id, audio, text in utterances:
-        (txt_dir / f"{utt_id}.txt").write_text(text + "\n")
-        samples.append({"wav_path": str(Path(audio).resolve()), "txt_path": f"txt/{utt_id}.txt",
-                        "duration": sf.info(str(audio)).duration})
-    path = out_dir / name
-    path.write_text(json.dumps({"root_path": str(out_dir.resolve()), "samples": samples}, indent=1))
-    return path
+from typing import Optional
 
 
 def small_config_dict(train_manifest: Path, ckpt_dir: Path, val_manifest: Optional[Path] = None,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from corpus import librispeech_utterances, small_config_dict, write_manifest
+from corpus import small_config_dict
 from mindaudio.config import DEFAULT_LABELS, AugmentationConfig, ConfigError, SpectConfig, config_from_dict
 from mindaudio.data.augment import (AugmentError, Augmentation, NoiseBank, SpecAugmentPolicy, apply_gain,
                                     draw_masks, list_noise_files, mix_at_snr, snr_of_noise_level,
@@ -15,6 +15,8 @@ from mindaudio.data.augment import (AugmentError, Augmentation, NoiseBank, SpecA
 from mindaudio.data.dataset import (DatasetError, PaddedBatchSource, bucket_frames, build_dataset,
                                     load_split, make_sampler)
 from mindaudio.data.features import log_spectrogram, num_frames
+from mindaudio.data.librispeech import extracted_utterances
+from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.data.sampler import Batch
 from mindaudio.data.text import CharTokenizer
 
@@ -27,14 +29,14 @@ SHORT_IDS = ("1089-134686-0001", "1089-134686-0037", "1988-24833-0000", "1988-24
 
 @pytest.fixture(scope="module")
 def utterances(librispeech_mini):
-    found = [u for u in librispeech_utterances(librispeech_mini) if u[0] in SHORT_IDS]
+    found = [u for u in extracted_utterances(librispeech_mini) if u[0] in SHORT_IDS]
     assert len(found) == len(SHORT_IDS)
     return found
 
 
 @pytest.fixture(scope="module")
 def manifest(utterances, tmp_path_factory):
-    return write_manifest(tmp_path_factory.mktemp("corpus"), utterances)
+    return write_manifest_with_transcripts(tmp_path_factory.mktemp("corpus"), utterances)
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +232,7 @@ def test_ctc_fit_check_allows_for_the_fastest_speed(utterances, tokenizer, tmp_p
     # but not once the utterance is played 1.1 times faster.
     length = (at_speed[1.0] + at_speed[1.1]) // 2
     assert at_speed[1.1] < length <= at_speed[1.0]
-    manifest = write_manifest(tmp_path, [(utt_id, audio, ("AB" * length)[:length])])
+    manifest = write_manifest_with_transcripts(tmp_path, [(utt_id, audio, ("AB" * length)[:length])])
     plain = load_split(manifest, tokenizer, SPECT, output_frames=deepspeech2_output_frames)
     assert len(plain.utterances) == 1
     with pytest.raises(DatasetError, match="dropped"):
@@ -339,7 +341,7 @@ def test_evaluation_never_augments_and_training_does(utterances, tmp_path, noise
     from mindaudio.training.trainer import Trainer
 
     # The two 3.3 s utterances: one bucket, one training step, one evaluation batch.
-    manifest = write_manifest(tmp_path, [u for u in utterances if u[0] in SHORT_IDS[::2]])
+    manifest = write_manifest_with_transcripts(tmp_path, [u for u in utterances if u[0] in SHORT_IDS[::2]])
 
     strong = {"speed_volume_perturb": True, "spec_augment": True, "noise_dir": str(noise_dir),
               "noise_prob": 1.0, "noise_min": 1.0, "noise_max": 2.0, "time_mask_max_fraction": 1.0,

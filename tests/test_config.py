@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
-from mindaudio.config import (DEFAULT_LABELS, ConfigError, config_from_dict, load_config,
-                              parse_command_line)
+from mindaudio.config import (DEFAULT_LABELS, ConfigError, build_arg_parser, config_command_line,
+                              config_from_dict, load_config, parse_command_line)
 
 # The original MindAudio yaml, verbatim in content (its `betas` is a string and `learning_rate` a float).
 ORIGINAL_YAML = """
@@ -126,6 +126,20 @@ def test_command_line_overrides_and_original_flags(original_yaml, tmp_path):
     assert config.OptimConfig.betas == (0.8, 0.9)
     assert (config.runtime.device_target, config.runtime.device_id, config.runtime.is_distributed) == ("GPU", 3, True)
     assert config.Pretrained_model == str(ckpt)
+
+
+def test_a_command_with_flags_of_its_own_passes_on_the_config_flags_and_overrides(original_yaml):
+    parser = build_arg_parser("test")
+    parser.add_argument("--checkpoint")
+    args, rest = parser.parse_known_args(["-c", str(original_yaml), "--checkpoint", "w.ckpt", "--device_id", "3",
+                                          "--EvalConfig.alpha", "0.7", "--is_distributed"])
+    argv = config_command_line(args, rest)
+    assert argv == ["-c", str(original_yaml), "--EvalConfig.alpha", "0.7", "--device_id", "3",
+                    "--is_distributed", "true"]
+    config = parse_command_line(argv, "test")
+    assert (config.runtime.device_id, config.runtime.is_distributed, config.EvalConfig.alpha) == (3, True, 0.7)
+    single = config_command_line(args, rest, single_process=True)
+    assert single == ["-c", str(original_yaml), "--EvalConfig.alpha", "0.7", "--device_id", "3"]
 
 
 def test_a_bad_override_is_an_error_naming_the_key(original_yaml):

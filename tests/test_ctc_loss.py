@@ -12,14 +12,6 @@ from mindaudio.models.loss import CTCLoss, NetWithCTCLoss
 import ctc_reference as ref
 
 
-@pytest.fixture(params=["graph", "pynative"])
-def execution_mode(request):
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
-    yield request.param
-    ms.set_context(mode=previous)
-
-
 # --- the reference itself ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", [[0, 1], [1, 1], [1, 0, 1], [], [1]])

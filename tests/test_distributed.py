@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from corpus import librispeech_utterances, small_config_dict, write_manifest
+from corpus import small_config_dict
+from mindaudio.data.librispeech import extracted_utterances
+from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.data.sampler import plan_epoch
 from mindaudio.metrics import char_error_rate, word_error_rate
 from mindaudio.training import launcher
@@ -238,10 +240,10 @@ needs_mpirun = pytest.mark.skipif(shutil.which("mpirun") is None,
 
 @pytest.fixture(scope="module")
 def corpus(librispeech_mini, tmp_path_factory):
-    utterances = librispeech_utterances(librispeech_mini)
+    utterances = extracted_utterances(librispeech_mini)
     root = tmp_path_factory.mktemp("dp_corpus")
-    train = write_manifest(root, [u for u in utterances if u[0] in TRAIN_IDS], "train.json")
-    val = write_manifest(root, [u for u in utterances if u[0] in VAL_IDS], "val.json")
+    train = write_manifest_with_transcripts(root, [u for u in utterances if u[0] in TRAIN_IDS], "train.json")
+    val = write_manifest_with_transcripts(root, [u for u in utterances if u[0] in VAL_IDS], "val.json")
     return train, val
 
 

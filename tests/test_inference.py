@@ -19,9 +19,11 @@ import yaml
 import mindaudio  # noqa: F401  (before mindspore)
 import mindspore as ms
 
-from corpus import librispeech_utterances, small_config_dict, write_manifest
+from corpus import small_config_dict
 from mindaudio.config import SpectConfig, config_from_dict
 from mindaudio.data.audio import load_audio
+from mindaudio.data.librispeech import extracted_utterances
+from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.decoding.decoder import GreedyDecoder
 from mindaudio.inference import (ChunkGeometry, Failure, Transcriber, Transcript,
                                  build_transcriber, plan_windows, stream_mono, transcribe_files)
@@ -46,7 +48,7 @@ def expected_output_frames(num_samples: int) -> int:
 
 @pytest.fixture(scope="module")
 def utterances(librispeech_mini):
-    return {u[0]: u for u in librispeech_utterances(librispeech_mini)}
+    return {u[0]: u for u in extracted_utterances(librispeech_mini)}
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +242,7 @@ def test_transcribe_command_prints_json_and_reports_bad_files(utterances, tiny, 
 @pytest.fixture(scope="module")
 def short_manifest(utterances, tmp_path_factory):
     chosen = [utterances[i] for i in ("1089-134686-0001", "1988-24833-0000")]
-    return write_manifest(tmp_path_factory.mktemp("manifest"), chosen)
+    return write_manifest_with_transcripts(tmp_path_factory.mktemp("manifest"), chosen)
 
 
 @pytest.fixture(scope="module")

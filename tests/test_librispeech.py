@@ -20,7 +20,7 @@ from scipy.signal import resample_poly
 
 from mindaudio.data.archives import (ChecksumError, UnsafeArchiveError, check_member, download_archive,
                                      safe_extract, verification_marker, verify_archive)
-from mindaudio.data.librispeech import (ARCHIVES, PreparationError, main, parse_bool,
+from mindaudio.data.librispeech import (ARCHIVES, PreparationError, extracted_utterances, main, parse_bool,
                                         prepare_librispeech)
 
 REAL_SUBSETS = ("test-clean", "dev-clean", "train-clean-100")
@@ -354,6 +354,22 @@ def test_bad_audio_and_unpaired_transcripts_are_reported(tmp_path, corpus, capsy
         assert str(path) in out
     assert sorted(p.name for p in (root / "test_clean" / "wav").iterdir()) == [
         "1089-134686-0000.wav", "1089-134686-0037.wav", "1089-134691-0000.wav", "1089-134691-0001.wav"]
+
+
+def test_extracted_tree_is_read_in_place_and_unpaired_audio_is_refused(tmp_path, librispeech_mini):
+    expected = _read_trans(librispeech_mini)
+    assert [(u.uid, u.text, u.flac) for u in extracted_utterances(librispeech_mini)] == [
+        (uid, *expected[uid]) for uid in sorted(expected)]
+    assert [u.uid for u in extracted_utterances(librispeech_mini, ["dev-clean"])] == sorted(
+        _read_trans(librispeech_mini / "dev-clean"))
+    tree = tmp_path / "LibriSpeech"
+    shutil.copytree(librispeech_mini / "test-clean", tree / "test-clean")
+    chapter = tree / "test-clean" / "1089" / "134686"
+    shutil.copy(chapter / "1089-134686-0000.flac", chapter / "1089-134686-0099.flac")
+    with pytest.raises(PreparationError, match="audio without transcript.*1089-134686-0099"):
+        extracted_utterances(tree)
+    with pytest.raises(PreparationError, match="no extracted LibriSpeech tree"):
+        extracted_utterances(tmp_path / "absent")
 
 
 def test_resamples_and_downmixes_other_input(tmp_path, fsdd_dir, corpus):

@@ -15,14 +15,6 @@ from mindaudio.models.loss import NetWithCTCLoss
 SMALL_HIDDEN, SMALL_LAYERS = 64, 2
 
 
-@pytest.fixture(params=["graph", "pynative"])
-def execution_mode(request):
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
-    yield request.param
-    ms.set_context(mode=previous)
-
-
 def _parse_param_list(path):
     """`name (d0, d1) Dtype` lines -> list of (name, shape tuple, dtype name)."""
     entries = []

@@ -10,7 +10,8 @@ import pytest
 import soundfile
 
 from mindaudio.config import DEFAULT_LABELS
-from mindaudio.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
+from mindaudio.data.manifest import (ManifestError, Utterance, read_manifest, write_manifest,
+                                     write_manifest_with_transcripts)
 from mindaudio.data.text import CharTokenizer
 
 YAML_LABELS = ["'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [" ", "_"]
@@ -181,6 +182,18 @@ def test_write_replaces_an_existing_manifest(tmp_path, librispeech_utterances):
     assert len(read_manifest(manifest)) == 1
 
 
+def test_manifest_with_transcripts_lists_the_audio_where_it_is(tmp_path, librispeech_utterances):
+    chosen = librispeech_utterances[:2]
+    manifest = write_manifest_with_transcripts(tmp_path / "out", [(flac.stem, flac, text) for flac, text in chosen],
+                                               "m.json")
+    assert manifest == tmp_path / "out" / "m.json"
+    assert sorted(os.listdir(tmp_path / "out" / "txt")) == sorted(f"{flac.stem}.txt" for flac, _ in chosen)
+    utterances = read_manifest(manifest)
+    assert [(u.id, u.audio_path, u.transcript) for u in utterances] == [
+        (flac.stem, str(flac.resolve()), text) for flac, text in chosen]
+    assert [u.duration for u in utterances] == pytest.approx([header_duration(flac) for flac, _ in chosen])
+
+
 def test_read_json_lines(tmp_path, librispeech_utterances):
     chosen = librispeech_utterances[:2]
     audio_dir = tmp_path / "audio"
@@ -203,26 +216,16 @@ def test_read_json_lines(tmp_path, librispeech_utterances):
     assert utterances[1].duration == pytest.approx(header_duration(audio_dir / chosen[1][0].name))
 
 
-def test_missing_audio_names_manifest_and_file(tmp_path, librispeech_utterances):
+@pytest.mark.parametrize("missing", ["wav_path", "txt_path"])
+def test_missing_audio_or_transcript_names_manifest_and_file(tmp_path, librispeech_utterances, missing):
     samples = make_dataset(tmp_path / "data", librispeech_utterances[:2])
-    os.remove(tmp_path / "data" / samples[1]["wav_path"])
-    manifest = tmp_path / "broken_audio.json"
+    os.remove(tmp_path / "data" / samples[1][missing])
+    manifest = tmp_path / f"broken_{missing}.json"
     manifest.write_text(json.dumps({"root_path": str(tmp_path / "data"), "samples": samples}))
     with pytest.raises(ManifestError) as caught:
         read_manifest(manifest)
     message = str(caught.value)
-    assert "broken_audio.json" in message and samples[1]["wav_path"] in message
-
-
-def test_missing_transcript_names_manifest_and_file(tmp_path, librispeech_utterances):
-    samples = make_dataset(tmp_path / "data", librispeech_utterances[:1])
-    os.remove(tmp_path / "data" / samples[0]["txt_path"])
-    manifest = tmp_path / "broken_text.json"
-    manifest.write_text(json.dumps({"root_path": str(tmp_path / "data"), "samples": samples}))
-    with pytest.raises(ManifestError) as caught:
-        read_manifest(manifest)
-    assert "broken_text.json" in str(caught.value)
-    assert samples[0]["txt_path"] in str(caught.value)
+    assert manifest.name in message and samples[1][missing] in message
 
 
 def test_missing_manifest_is_named(tmp_path):

@@ -14,8 +14,10 @@ import yaml
 import mindaudio  # noqa: F401
 import mindspore as ms
 
-from corpus import librispeech_utterances, small_config_dict, write_manifest
+from corpus import small_config_dict
 from mindaudio.config import config_from_dict
+from mindaudio.data.librispeech import extracted_utterances
+from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.training.checkpoint import CheckpointManager, load_checkpoint
 from mindaudio.training.trainer import learning_rate_for_epoch
 
@@ -25,9 +27,9 @@ SHORT_IDS = ("1089-134686-0001", "1089-134686-0037", "1988-24833-0000", "1988-24
 
 @pytest.fixture(scope="module")
 def short_manifest(librispeech_mini, tmp_path_factory):
-    utterances = [u for u in librispeech_utterances(librispeech_mini) if u[0] in SHORT_IDS]
+    utterances = [u for u in extracted_utterances(librispeech_mini) if u[0] in SHORT_IDS]
     assert len(utterances) == len(SHORT_IDS)
-    return write_manifest(tmp_path_factory.mktemp("corpus"), utterances)
+    return write_manifest_with_transcripts(tmp_path_factory.mktemp("corpus"), utterances)
 
 
 def write_yaml(path: Path, data: dict) -> Path:

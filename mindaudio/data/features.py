@@ -25,20 +25,23 @@ _MIN_STD = 1e-8
 
 def fft_size(spect: SpectConfig) -> int:
     """Samples per analysis window: n_fft = win_length = int(sample_rate * window_size)."""
-    n_fft = int(spect.sample_rate * spect.window_size)
-    if n_fft < 2:
-        raise ValueError(f"SpectConfig gives an FFT size of {n_fft} samples "
-                         f"(sample_rate={spect.sample_rate}, window_size={spect.window_size})")
-    return n_fft
+    return _whole_samples(spect, "window_size", 2, "an FFT size")
 
 
 def hop_size(spect: SpectConfig) -> int:
     """Samples between frame starts: int(sample_rate * window_stride)."""
-    hop = int(spect.sample_rate * spect.window_stride)
-    if hop < 1:
-        raise ValueError(f"SpectConfig gives a hop of {hop} samples "
-                         f"(sample_rate={spect.sample_rate}, window_stride={spect.window_stride})")
-    return hop
+    return _whole_samples(spect, "window_stride", 1, "a hop")
+
+
+def _whole_samples(spect: SpectConfig, key: str, least: int, what: str) -> int:
+    """int(sample_rate * seconds) for the duration `spect.<key>` (seconds); ValueError, naming the
+    setting, when that is below `least` samples."""
+    seconds = getattr(spect, key)
+    samples = int(spect.sample_rate * seconds)
+    if samples < least:
+        raise ValueError(f"SpectConfig gives {what} of {samples} samples "
+                         f"(sample_rate={spect.sample_rate}, {key}={seconds})")
+    return samples
 
 
 def num_freq_bins(spect: SpectConfig) -> int:

@@ -45,7 +45,7 @@ from mindaudio.data.archives import (ArchiveError, ChecksumError, download_archi
 
 __all__ = ["ARCHIVES", "SPLITS", "OPENSLR_URL", "TARGET_SAMPLE_RATE", "LibriSpeechArchive",
            "PreparationError", "Problem", "SplitSummary", "PreparationSummary", "flac_to_wav",
-           "collect_utterances", "prepare_split", "prepare_librispeech", "parse_bool", "main"]
+           "collect_utterances", "extracted_utterances", "prepare_split", "prepare_librispeech", "parse_bool", "main"]
 
 OPENSLR_URL = "https://www.openslr.org/resources/12"
 TARGET_SAMPLE_RATE = 16000
@@ -77,7 +77,8 @@ ARCHIVES = (
 
 
 class PreparationError(RuntimeError):
-    """The preparation cannot start: an unknown split, or inputs missing in `data_ready` mode."""
+    """The preparation cannot start: an unknown split, or inputs missing in `data_ready` mode; or an
+    extracted tree read in place (`extracted_utterances`) whose audio and transcripts do not pair up."""
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,30 @@ def collect_utterances(subset_dir: Path) -> Tuple[Dict[str, Utterance], List[Pro
     utterances = {uid: Utterance(uid, audio[uid], texts[uid][0])
                   for uid in sorted(audio.keys() & texts.keys())}
     return utterances, problems
+
+
+def extracted_utterances(librispeech_dir: Path, subsets: Optional[Sequence[str]] = None) -> List[Utterance]:
+    """Every utterance of an extracted `LibriSpeech/` tree, its FLAC left in place, sorted by id.
+
+    subsets: folder names under `librispeech_dir` (e.g. "test-clean"); default every folder there.
+    Raises PreparationError listing the problems when any audio or transcript line is unpaired or
+    a transcript file is malformed: used in place, nothing may be left out silently.
+    """
+    librispeech_dir = Path(librispeech_dir)
+    if not librispeech_dir.is_dir():
+        raise PreparationError(f"no extracted LibriSpeech tree at {librispeech_dir}")
+    if subsets is None:
+        subsets = sorted(path.name for path in librispeech_dir.iterdir() if path.is_dir())
+    utterances: List[Utterance] = []
+    problems: List[Problem] = []
+    for subset in subsets:
+        found, subset_problems = collect_utterances(librispeech_dir / subset)
+        utterances.extend(found.values())
+        problems.extend(subset_problems)
+    if problems:
+        raise PreparationError(f"{librispeech_dir}: {len(problems)} problems:\n  "
+                               + "\n  ".join(str(problem) for problem in problems))
+    return sorted(utterances)
 
 
 def _write_if_changed(path: Path, text: str) -> bool:

@@ -14,7 +14,8 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Iterable, List, Mapping
+from pathlib import Path
+from typing import Iterable, List, Mapping, Tuple, Union
 
 from mindaudio.data.audio import AudioError, audio_duration
 
@@ -146,3 +147,25 @@ def write_manifest(path, root_path, samples: Iterable[Mapping]) -> None:
         if os.path.exists(handle.name):
             os.unlink(handle.name)
         raise
+
+
+def write_manifest_with_transcripts(directory, utterances: Iterable[Tuple[str, Union[str, os.PathLike], str]],
+                                    name: str = "manifest.json") -> Path:
+    """A manifest in the original's form over audio files that stay where they are.
+
+    utterances: (id, audio path, transcript) triples. Each transcript is written to
+    `directory/txt/<id>.txt`; the manifest `directory/name` stores the audio paths absolute and
+    each duration (seconds) from its audio header. Returns the manifest's path.
+    """
+    directory = Path(directory)
+    txt_dir = directory / "txt"
+    txt_dir.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for utterance_id, audio, transcript in utterances:
+        (txt_dir / f"{utterance_id}.txt").write_text(transcript + "\n", encoding="utf-8")
+        audio_path = str(Path(audio).resolve())
+        samples.append({"wav_path": audio_path, "txt_path": f"txt/{utterance_id}.txt",
+                        "duration": audio_duration(audio_path)})
+    path = directory / name
+    write_manifest(path, directory.resolve(), samples)
+    return path

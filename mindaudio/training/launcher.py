@@ -18,7 +18,7 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Mapping, MutableMapping, Optional
+from typing import Mapping, MutableMapping, Optional, Tuple
 
 SINGLE = "single"
 MSRUN = "msrun"  # msrun, or MindSpore's environment-variable launch (MS_ROLE=MS_WORKER)
@@ -91,24 +91,29 @@ def detect_launch(environ: Mapping[str, str]) -> Launch:
         raise LaunchError(f"MS_ROLE={role!r} is not a role this program can take "
                           f"(MS_WORKER or MS_SCHED)")
     if "OMPI_COMM_WORLD_SIZE" in environ:
-        world = _int(environ, "OMPI_COMM_WORLD_SIZE")
-        key = environ.get("OMPI_MCA_ess_base_jobid") or environ.get("PMIX_NAMESPACE") or ""
-        launch = Launch(MPI, rank=_int(environ, "OMPI_COMM_WORLD_RANK"), world_size=world,
-                        local_rank=_int(environ, "OMPI_COMM_WORLD_LOCAL_RANK", 0),
-                        local_size=_int(environ, "OMPI_COMM_WORLD_LOCAL_SIZE", world),
-                        job_key=f"ompi:{key}" if key else "")
+        launch = _mpi_launch(environ, "ompi", size="OMPI_COMM_WORLD_SIZE", rank="OMPI_COMM_WORLD_RANK",
+                             local_rank="OMPI_COMM_WORLD_LOCAL_RANK", local_size="OMPI_COMM_WORLD_LOCAL_SIZE",
+                             job_ids=("OMPI_MCA_ess_base_jobid", "PMIX_NAMESPACE"))
     elif "PMI_SIZE" in environ and "PMI_RANK" in environ:
-        world = _int(environ, "PMI_SIZE")
-        key = environ.get("PMI_KVSNAME") or environ.get("PMI_PORT") or ""
-        launch = Launch(MPI, rank=_int(environ, "PMI_RANK"), world_size=world,
-                        local_rank=_int(environ, "MPI_LOCALRANKID", 0),
-                        local_size=_int(environ, "MPI_LOCALNRANKS", world),
-                        job_key=f"pmi:{key}" if key else "")
+        launch = _mpi_launch(environ, "pmi", size="PMI_SIZE", rank="PMI_RANK", local_rank="MPI_LOCALRANKID",
+                             local_size="MPI_LOCALNRANKS", job_ids=("PMI_KVSNAME", "PMI_PORT"))
     else:
         return Launch()
     if launch.world_size < 1 or not 0 <= launch.rank < launch.world_size:
         raise LaunchError(f"MPI rank {launch.rank} outside a job of {launch.world_size} processes")
     return launch if launch.world_size > 1 else Launch()
+
+
+def _mpi_launch(environ: Mapping[str, str], family: str, size: str, rank: str, local_rank: str,
+                local_size: str, job_ids: Tuple[str, ...]) -> Launch:
+    """An MPI rank's `Launch` from the variables its MPI family names: world size and rank are
+    required, the local ones default to rank 0 of a host running the whole job. The job key is
+    `family:` and the first non-empty of `job_ids`, or "" when none is set."""
+    world = _int(environ, size)
+    key = next((environ[name] for name in job_ids if environ.get(name)), "")
+    return Launch(MPI, rank=_int(environ, rank), world_size=world,
+                  local_rank=_int(environ, local_rank, 0), local_size=_int(environ, local_size, world),
+                  job_key=f"{family}:{key}" if key else "")
 
 
 def scheduler_port(launch: Launch, environ: Mapping[str, str], parent_pid: int) -> int:
