@@ -20,8 +20,9 @@ import mindaudio  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before mindspore loads)
 import mindspore as ms
 from mindspore import ParameterTuple, Tensor, nn, ops
 
-from mindaudio.config import Config
+from mindaudio.config import Config, load_config
 from mindaudio.data.audio import load_audio
+from mindaudio.data.digits import prepare_digits
 from mindaudio.data.dataset import (Batch, PaddedBatchSource, build_dataset, duration_frames,
                                     load_split, make_sampler)
 from mindaudio.data.features import hop_size, log_spectrogram
@@ -33,6 +34,8 @@ from mindaudio.models.loss import NetWithCTCLoss
 from mindaudio.training.train_step import AccumulateGradients, ApplyGradients, make_accumulators
 
 from bench import workloads
+
+DIGITS_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 from bench.flops import forward_flops_per_second, train_flops_per_second
 
 # The original's scheme: every training batch padded to 1250 frames (longer clips cropped),
@@ -339,24 +342,27 @@ def matmul_rate(size: int, repeats: int) -> Dict:
             "limit_gflops": max(ms_rate, np_rate)}
 
 
-def digits_compile_share(strata_repeats: int, hidden: int = 256, layers: int = 2, batch_size: int = 32,
-                         eval_batch_size: int = 64) -> Dict:
-    """Share of graph compilation in one epoch of the digits recipe (configs/digits.yaml: H256x2,
-    batch 32, buckets 0.5/0.75/1/1.5/2.5 s) on the shared FSDD recordings: every training and
-    validation shape is compiled and timed; the epoch is every planned batch at its shape's
-    steady time plus the compiles."""
-    config = make_config(hidden, layers, baseline=False)
-    config.TrainingConfig.bucket_boundaries = [0.5, 0.75, 1.0, 1.5]
-    config.TrainingConfig.max_duration = 2.5
-    config.OptimConfig.learning_rate = 1e-3
+def digits_compile_share(strata_repeats: int, hidden: int = 0, layers: int = 0) -> Dict:
+    """Share of graph compilation in one epoch of the digits recipe as configs/digits.yaml sets it
+    (model, batch sizes, length buckets, features), on the shipped corpus split as
+    `mindaudio/data/digits.py` splits it: every training and validation shape is compiled and
+    timed; the epoch is every planned batch at its shape's steady time plus the compiles.
+    hidden/layers > 0 replace the recipe's model size (the quick check). Augmentation is off, so
+    the shapes are those of an unperturbed epoch."""
+    config = load_config(str(DIGITS_RECIPE))
+    if hidden > 0:
+        config.ModelConfig.hidden_size, config.ModelConfig.hidden_layers = hidden, layers
     spect, train = config.SpectConfig, config.TrainingConfig
+    batch_size, eval_batch_size = train.batch_size, config.EvalConfig.batch_size
     tokenizer = CharTokenizer(config.labels)
     with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
-        train_manifest, val_manifest = workloads.write_digits_manifests(Path(tmp))
-        train_split = load_split(train_manifest, tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
+        prepare_digits(Path(tmp), verbose=False)
+        train_manifest, val_manifest = (Path(tmp) / split / f"digits_{split}_manifest.json"
+                                        for split in ("train", "val"))
+        train_split = load_split(str(train_manifest), tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
                                  max_duration=train.max_duration, output_frames=deepspeech2_output_frames)
-        val_split = load_split(val_manifest, tokenizer, spect, bucket_boundaries=train.bucket_boundaries)
-    train_plan = make_sampler(train_split, batch_size, train=True, seed=1).batches(epoch=1)
+        val_split = load_split(str(val_manifest), tokenizer, spect, bucket_boundaries=train.bucket_boundaries)
+    train_plan = make_sampler(train_split, batch_size, train=True, seed=train.seed).batches(epoch=1)
     val_plan = make_sampler(val_split, eval_batch_size, train=False).batches(0)
 
     def one_per_shape(split, plan):

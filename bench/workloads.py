@@ -113,29 +113,3 @@ def materialize(utterances: Sequence[Utterance], signal: np.ndarray) -> float:
         soundfile.write(utterance.audio_path, clip, SAMPLE_RATE, subtype="PCM_16")
         written += utterance.duration
     return written
-
-
-def write_digits_manifests(directory: Path, test_speakers=("george", "theo")) -> Tuple[Path, Path]:
-    """The digits recipe's train and val manifests (JSON lines) over the shared FSDD recordings:
-    train = takes 5-49 of the non-test speakers, val = their takes 0-4."""
-    rows = []
-    with open(FSDD_DIR / "labels.tsv", encoding="utf-8") as handle:
-        header = next(handle).rstrip("\n").split("\t")
-        for line in handle:
-            rows.append(dict(zip(header, line.rstrip("\n").split("\t"))))
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split in ("train", "val"):
-        path = directory / f"digits_{split}.jsonl"
-        with open(path, "w", encoding="utf-8") as handle:
-            for row in rows:
-                if row["speaker"] in test_speakers:
-                    continue
-                is_val = int(row["index"]) < 5
-                if is_val != (split == "val"):
-                    continue
-                audio = FSDD_DIR / "recordings" / f"{row['id']}.wav"
-                handle.write(json.dumps({"audio_filepath": str(audio), "text": row["transcript"],
-                                         "duration": float(row["duration_s"])}) + "\n")
-        paths[split] = path
-    return paths["train"], paths["val"]

@@ -64,6 +64,10 @@ class SpectConfig:
     # them): periodic Hann window whatever `window` says, frames centred with reflection padding,
     # log1p magnitude, one mean/std over the whole spectrogram. False honours `window` and normalises each frequency bin.
     original_compat: bool = True
+    # Without original_compat: "log1p" (log(1 + |X|), the original's) or "log" (log(|X| + 1e-6)):
+    # with "log" a change of loudness is a constant shift that per-bin normalisation removes,
+    # whereas log1p turns quiet speech nearly linear and changes its shape.
+    log_magnitude: str = "log1p"
 
 
 @dataclass
@@ -317,6 +321,10 @@ def validate(config: Config) -> None:
              "must be > 0 and <= window_size")
     _require(s.window in ("hamming", "hann", "hanning", "blackman", "bartlett"), config,
              "SpectConfig.window", f"unknown window {s.window!r}")
+    _require(s.log_magnitude in ("log1p", "log"), config, "SpectConfig.log_magnitude",
+             f"must be 'log1p' or 'log', got {s.log_magnitude!r}")
+    _require(s.log_magnitude == "log1p" or not s.original_compat, config, "SpectConfig.log_magnitude",
+             "'log' needs SpectConfig.original_compat: False (the original's features use log1p)")
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)

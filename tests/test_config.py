@@ -149,6 +149,16 @@ def test_a_bad_override_is_an_error_naming_the_key(original_yaml):
         parse_command_line(["-c", str(original_yaml), "--ModelConfig.hidden", "3"], "test")
 
 
+def test_log_magnitude_is_validated_against_original_compat(original_yaml):
+    with pytest.raises(ConfigError, match="SpectConfig.log_magnitude.*'log1p' or 'log'"):
+        parse_command_line(["-c", str(original_yaml), "--SpectConfig.log_magnitude", "ln"], "test")
+    with pytest.raises(ConfigError, match="SpectConfig.log_magnitude.*original_compat: False"):
+        parse_command_line(["-c", str(original_yaml), "--SpectConfig.log_magnitude", "log"], "test")
+    config = parse_command_line(["-c", str(original_yaml), "--SpectConfig.log_magnitude", "log",
+                                 "--SpectConfig.original_compat", "false"], "test")
+    assert (config.SpectConfig.log_magnitude, config.SpectConfig.original_compat) == ("log", False)
+
+
 def test_missing_input_files_are_named_by_key(tmp_path, repo_root):
     from mindaudio.config import check_files
 

@@ -19,6 +19,10 @@ from mindaudio.config import SpectConfig
 
 WINDOW_NAMES = ("hamming", "hann", "blackman", "bartlett")
 
+# Added to |X| before a plain log: below the quantisation noise of 16-bit audio in one bin (~1e-4),
+# so it only bounds digital silence.
+LOG_FLOOR = 1e-6
+
 # A spectrogram with (near) zero spread (digital silence) is only centred, never divided by ~0.
 _MIN_STD = 1e-8
 
@@ -100,9 +104,15 @@ def normalise(spectrogram: np.ndarray, per_bin: bool) -> np.ndarray:
 
 
 def log_spectrogram(signal: np.ndarray, spect: SpectConfig) -> np.ndarray:
-    """Normalised log1p-magnitude spectrogram of a mono signal at `spect.sample_rate`.
+    """Normalised log-magnitude spectrogram of a mono signal at `spect.sample_rate`.
+
+    log1p(|X|) in compat mode; otherwise as `spect.log_magnitude` says (log1p or log(|X| + LOG_FLOOR)).
 
     signal: (samples,) float in [-1, 1]; returns float32 (num_freq_bins, num_frames).
     """
-    log_magnitude = np.log1p(magnitude_spectrogram(signal, spect))
+    magnitude = magnitude_spectrogram(signal, spect)
+    if spect.original_compat or spect.log_magnitude == "log1p":
+        log_magnitude = np.log1p(magnitude)
+    else:
+        log_magnitude = np.log(magnitude + LOG_FLOOR)
     return normalise(log_magnitude, per_bin=not spect.original_compat)
