@@ -35,8 +35,8 @@ FULL_SETTINGS = {
     # MindSpore keeps every compiled input shape's activation memory (about 250 MB per second
     # of audio in a full-model training batch), so each sampled batch runs in its own process
     # and the full model trains at batch 2 (a 17.5 s bucket then needs about 9 GB).
-    "train": {"full": dict(batch_size=2, strata=3, repeats=1), "small": dict(batch_size=8, strata=4, repeats=1)},
-    "eval": {"full": dict(batch_size=4, strata=4, repeats=1), "small": dict(batch_size=16, strata=4, repeats=1)},
+    "train": {"full": dict(batch_size=2, strata=4, repeats=2), "small": dict(batch_size=8, strata=4, repeats=2)},
+    "eval": {"full": dict(batch_size=4, strata=4, repeats=2), "small": dict(batch_size=16, strata=4, repeats=2)},
     "rtf": {"full": dict(utterances=2, repeats=1), "small": dict(utterances=3, repeats=2)},
     "max_utterances": 0,
     "profile": dict(batch_size=2, frames=600, repeats=1),
