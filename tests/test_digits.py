@@ -206,7 +206,7 @@ def test_per_speaker_breakdown_is_added_to_an_eval_report(tmp_path, repo_root):
 # ---------------------------------------------------------------------------------------------
 # The recipe, briefly
 
-# The recipe's first 6 epochs (522 of its 870 steps): training is deterministic, so this run
+# The recipe's first 6 epochs (522 of its 1,305 steps): training is deterministic, so this run
 # repeats the first 6 epochs of the full one exactly.
 BRIEF_EPOCHS = 6
 DIGIT_WORDS = ("ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
