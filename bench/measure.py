@@ -34,9 +34,9 @@ from mindaudio.models.loss import NetWithCTCLoss
 from mindaudio.training.train_step import AccumulateGradients, ApplyGradients, make_accumulators
 
 from bench import workloads
+from bench.flops import forward_flops_per_second, train_flops_per_second
 
 DIGITS_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
-from bench.flops import forward_flops_per_second, train_flops_per_second
 
 # The original's scheme: every training batch padded to 1250 frames (longer clips cropped),
 # every evaluation batch to 3500 frames, LSTM unmasked.
@@ -356,12 +356,10 @@ def digits_compile_share(strata_repeats: int, hidden: int = 0, layers: int = 0) 
     batch_size, eval_batch_size = train.batch_size, config.EvalConfig.batch_size
     tokenizer = CharTokenizer(config.labels)
     with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
-        prepare_digits(Path(tmp), verbose=False)
-        train_manifest, val_manifest = (Path(tmp) / split / f"digits_{split}_manifest.json"
-                                        for split in ("train", "val"))
-        train_split = load_split(str(train_manifest), tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
+        manifests = {split.split: split.manifest for split in prepare_digits(Path(tmp), verbose=False).splits}
+        train_split = load_split(manifests["train"], tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
                                  max_duration=train.max_duration, output_frames=deepspeech2_output_frames)
-        val_split = load_split(str(val_manifest), tokenizer, spect, bucket_boundaries=train.bucket_boundaries)
+        val_split = load_split(manifests["val"], tokenizer, spect, bucket_boundaries=train.bucket_boundaries)
     train_plan = make_sampler(train_split, batch_size, train=True, seed=train.seed).batches(epoch=1)
     val_plan = make_sampler(val_split, eval_batch_size, train=False).batches(0)
 

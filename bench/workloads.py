@@ -25,7 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("DS2_SHARED_DIR", REPO_ROOT.parent / "shared"))
 LENGTHS_DIR = SHARED_DIR / "reference" / "librispeech_lengths"
 LIBRISPEECH_MINI = SHARED_DIR / "data" / "librispeech_mini" / "LibriSpeech"
-FSDD_DIR = SHARED_DIR / "data" / "fsdd"
 SAMPLE_RATE = 16000
 
 

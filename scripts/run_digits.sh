@@ -43,14 +43,12 @@ stage "3/6 evaluate on the held-out speakers (greedy decoding)"
 "$PYTHON" eval.py -c "$config" "${overrides[@]}"
 
 stage "4/6 evaluate again with beam search and a bigram LM of the training speakers' transcripts"
-# alpha 0.3, beta 0: the best pair of scripts/tune_lm.py on the validation takes (the test speakers
-# are never used to tune).
+# The LM weights (EvalConfig.alpha, beta) come from the config.
 cat data_digits/train/txt/*.txt > "$run_dir/train_transcripts.txt"
 "$PYTHON" scripts/build_ngram_lm.py "$run_dir/train_transcripts.txt" "$run_dir/digits_bigram.arpa" \
     --order 2 -c "$config"
 "$PYTHON" eval.py -c "$config" "${overrides[@]}" --EvalConfig.save_output "$report_lm" \
-    --EvalConfig.decoder_type beam --EvalConfig.lm_path "$run_dir/digits_bigram.arpa" \
-    --EvalConfig.alpha 0.3 --EvalConfig.beta 0
+    --EvalConfig.decoder_type beam --EvalConfig.lm_path "$run_dir/digits_bigram.arpa"
 
 stage "5/6 transcribe $sample (reference: SEVEN)"
 "$PYTHON" transcribe.py -c "$config" "${overrides[@]}" --checkpoint "$run_dir/ckpt/DeepSpeech-best.ckpt" "$sample"
