@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
 from mindaudio.config import ConfigError, build_arg_parser, config_command_line, parse_command_line
-from mindaudio.training.checkpoint import CheckpointError
+from mindaudio.checkpoint import CheckpointError
 
 DESCRIPTION = "Export DeepSpeech2 to MindIR and ONNX and check the exports against the checkpoint."
 _OWN_FLAGS = {"--checkpoint": 1, "--output": 1, "--formats": None, "--onnx_frames": 1,
@@ -35,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not checkpoint:
             raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
         from mindaudio.export import DEFAULT_TOLERANCE, ExportError, export_model
-        from mindaudio.training.runtime import setup_runtime
+        from mindaudio.runtime.device import setup_runtime
 
         setup_runtime(config.runtime, config.TrainingConfig.seed)
         features = None

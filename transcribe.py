@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
 from mindaudio.config import ConfigError, build_arg_parser, config_command_line, parse_command_line
-from mindaudio.training.checkpoint import CheckpointError
+from mindaudio.checkpoint import CheckpointError
 
 DESCRIPTION = "Transcribe audio files with DeepSpeech2 (greedy or beam search with an n-gram LM)."
 
@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not checkpoint:
             raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
         from mindaudio.inference import build_transcriber, transcribe_files
-        from mindaudio.training.runtime import setup_runtime
+        from mindaudio.runtime.device import setup_runtime
 
         setup_runtime(config.runtime, config.TrainingConfig.seed)
         transcriber = build_transcriber(config, checkpoint, args.chunk_seconds, args.context_seconds)

@@ -12,8 +12,7 @@ from typing import Dict
 
 from mindaudio.config import SpectConfig
 from mindaudio.data.features import hop_size, num_freq_bins
-from mindaudio.models.deepspeech2 import (_FREQ_CONV_GEOMETRY, _TIME_CONV_GEOMETRY, CONV_CHANNELS,
-                                          _conv_out)
+from mindaudio.models.deepspeech2 import CONV_GEOMETRY, conv_freq_sizes, time_stride
 
 TRAIN_TO_FORWARD = 3.0
 
@@ -24,24 +23,18 @@ def forward_flops_per_second(hidden: int, layers: int, num_labels: int,
 
     Per second: sample_rate / hop input frames; the first convolution halves them (time stride 2).
     """
-    input_frames = spect.sample_rate / hop_size(spect)
-    out_frames = input_frames
-    for kernel, stride, padding in _TIME_CONV_GEOMETRY:
-        out_frames = out_frames / stride  # per-second rate; edge effects are negligible
-    freq = num_freq_bins(spect)
-    (k1f, s1f, p1f), (k2f, s2f, p2f) = _FREQ_CONV_GEOMETRY
-    k1t, k2t = _TIME_CONV_GEOMETRY[0][0], _TIME_CONV_GEOMETRY[1][0]
-    freq1 = _conv_out(freq, k1f, s1f, p1f)
-    freq2 = _conv_out(freq1, k2f, s2f, p2f)
-    conv1 = CONV_CHANNELS * freq1 * out_frames * (1 * k1f * k1t)
-    conv2 = CONV_CHANNELS * freq2 * out_frames * (CONV_CHANNELS * k2f * k2t)
-    lstm_in = CONV_CHANNELS * freq2
+    # Per-second rates: edge effects of the padding are negligible.
+    out_frames = spect.sample_rate / hop_size(spect) / time_stride()
+    freq_sizes = conv_freq_sizes(num_freq_bins(spect))
+    conv_macs = [conv.out_channels * freq * out_frames * conv.in_channels * conv.kernel[0] * conv.kernel[1]
+                 for conv, freq in zip(CONV_GEOMETRY, freq_sizes)]
+    lstm_in = CONV_GEOMETRY[-1].out_channels * freq_sizes[-1]
     lstm = 0.0
     for layer in range(layers):
         size = lstm_in if layer == 0 else hidden
         lstm += 2 * out_frames * 4 * hidden * (size + hidden)  # two directions
     fc = out_frames * hidden * num_labels
-    parts = {"conv": 2 * (conv1 + conv2), "lstm": 2 * lstm, "fc": 2 * fc}
+    parts = {"conv": 2 * sum(conv_macs), "lstm": 2 * lstm, "fc": 2 * fc}
     parts["total"] = sum(parts.values())
     return parts
 

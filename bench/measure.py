@@ -26,7 +26,7 @@ from mindaudio.data.digits import prepare_digits
 from mindaudio.data.dataset import (Batch, PaddedBatchSource, build_dataset, duration_frames,
                                     load_split, make_sampler)
 from mindaudio.data.features import hop_size, log_spectrogram
-from mindaudio.data.sampler import deepspeech2_output_frames
+from mindaudio.models.deepspeech2 import output_length
 from mindaudio.data.text import CharTokenizer
 from mindaudio.decoding.greedy import greedy_decode
 from mindaudio.models.build import build_model
@@ -182,7 +182,7 @@ def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, 
     with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
         manifest = workloads.write_length_mix(Path(tmp), "train-clean-5", max_utterances)
         split = load_split(manifest, tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
-                           max_duration=train.max_duration, output_frames=deepspeech2_output_frames,
+                           max_duration=train.max_duration, output_frames=output_length,
                            fixed_frames=train.fixed_frames)
         plan, chosen = _plan(split, batch_size, True, strata)
         if pick >= 0:
@@ -358,7 +358,7 @@ def digits_compile_share(strata_repeats: int, hidden: int = 0, layers: int = 0) 
     with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
         manifests = {split.split: split.manifest for split in prepare_digits(Path(tmp), verbose=False).splits}
         train_split = load_split(manifests["train"], tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
-                                 max_duration=train.max_duration, output_frames=deepspeech2_output_frames)
+                                 max_duration=train.max_duration, output_frames=output_length)
         val_split = load_split(manifests["val"], tokenizer, spect, bucket_boundaries=train.bucket_boundaries)
     train_plan = make_sampler(train_split, batch_size, train=True, seed=train.seed).batches(epoch=1)
     val_plan = make_sampler(val_split, eval_batch_size, train=False).batches(0)
@@ -466,7 +466,7 @@ def step_profile(hidden: int, layers: int, batch_size: int, frames: int, repeats
     forward+backward, on the shapes it sees in a step of `batch_size` x `frames` (ours, masked),
     the optimizer update alone, the whole step, and the data pipeline's CPU time for one batch
     of real speech."""
-    from mindaudio.models.deepspeech2 import output_length, rnn_input_size
+    from mindaudio.models.deepspeech2 import rnn_input_size
     from mindaudio.models.loss import CTCLoss
 
     config = make_config(hidden, layers, baseline=False)

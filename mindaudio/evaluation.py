@@ -15,9 +15,10 @@ from mindaudio.config import Config, ConfigError, check_files
 from mindaudio.data.dataset import Split, build_dataset, load_split, make_sampler
 from mindaudio.data.manifest import Utterance
 from mindaudio.data.text import CharTokenizer
-from mindaudio.models.build import build_model, load_model_weights
-from mindaudio.training.checkpoint import CheckpointManager
-from mindaudio.training.runtime import setup_runtime
+from mindaudio.models.build import build_model
+from mindaudio.checkpoint import load_model_weights
+from mindaudio.checkpoint import CheckpointManager
+from mindaudio.runtime.device import setup_runtime
 from mindaudio.decoding.decoder import GreedyDecoder, build_decoder
 from mindaudio.metrics import char_error_rate, word_error_rate
 

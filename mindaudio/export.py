@@ -189,7 +189,8 @@ def export_model(config: Config, checkpoint: str, output_stem: str, formats: Seq
 
     Raises ExportError when an export's logits differ from the checkpoint's by more than
     `tolerance` (the file is kept for inspection)."""
-    from mindaudio.models.build import build_model, load_model_weights
+    from mindaudio.models.build import build_model
+    from mindaudio.checkpoint import load_model_weights
 
     model = build_model(config, 1)
     load_model_weights(model, checkpoint)

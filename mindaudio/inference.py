@@ -15,7 +15,6 @@ which gives each word's start and end time.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from mindaudio.config import Config, SpectConfig
 from mindaudio.data.audio import AudioError, load_audio
 from mindaudio.data.features import fft_size, hop_size, log_spectrogram, num_frames
 from mindaudio.decoding.decoder import Hypothesis, log_softmax
-from mindaudio.models.deepspeech2 import _TIME_CONV_GEOMETRY, output_length
+from mindaudio.models.deepspeech2 import output_length, time_stride
 
 # Inputs are padded up to a multiple of this many feature frames (2 s) so that files of many
 # lengths share a few compiled graphs; the masked model's outputs do not depend on padding.
@@ -40,11 +39,6 @@ PAD_MULTIPLE_FRAMES = 200
 STREAM_BLOCK_SAMPLES = 1 << 16
 
 _READ_ERRORS = (RuntimeError, soundfile.LibsndfileError, OSError, ValueError)
-
-
-def time_stride() -> int:
-    """Feature frames per model output frame (the product of the convolutions' time strides)."""
-    return math.prod(stride for _, stride, _ in _TIME_CONV_GEOMETRY)
 
 
 def samples_per_output_frame(spect: SpectConfig) -> int:
@@ -359,7 +353,8 @@ def build_transcriber(config: Config, checkpoint: str, chunk_seconds: float = 20
     """The model of `config.ModelConfig` with `checkpoint`'s weights, and the decoder
     `config.EvalConfig` asks for (unless `decoder` is given)."""
     from mindaudio.decoding.decoder import build_decoder
-    from mindaudio.models.build import build_model, load_model_weights
+    from mindaudio.models.build import build_model
+    from mindaudio.checkpoint import load_model_weights
 
     model = build_model(config, 1)
     load_model_weights(model, checkpoint)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mindaudio  # noqa: E402,F401  (must precede mindspore)
 from mindaudio.config import (ConfigError, build_arg_parser, config_command_line,  # noqa: E402
                               parse_command_line)
-from mindaudio.training.checkpoint import CheckpointError  # noqa: E402
+from mindaudio.checkpoint import CheckpointError  # noqa: E402
 
 DESCRIPTION = "Grid-search alpha and beta of the beam decoder with an n-gram LM on a validation manifest."
 
@@ -39,7 +39,8 @@ def collect_log_probs(config, checkpoint: str, manifest: str, progress: bool = T
     from mindaudio.data.dataset import build_dataset, load_split, make_sampler
     from mindaudio.data.text import CharTokenizer
     from mindaudio.decoding.decoder import log_softmax
-    from mindaudio.models.build import build_model, load_model_weights
+    from mindaudio.models.build import build_model
+    from mindaudio.checkpoint import load_model_weights
 
     tokenizer = CharTokenizer(config.labels)
     split = load_split(manifest, tokenizer, config.SpectConfig,
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
         from mindaudio.decoding.decoder import GreedyDecoder
         from mindaudio.evaluation import checkpoint_to_evaluate
         from mindaudio.metrics import char_error_rate, word_error_rate
-        from mindaudio.training.runtime import setup_runtime
+        from mindaudio.runtime.device import setup_runtime
 
         checkpoint = args.checkpoint or checkpoint_to_evaluate(config)
         setup_runtime(config.runtime, config.TrainingConfig.seed)

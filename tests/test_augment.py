@@ -222,21 +222,21 @@ def test_speed_perturbed_batches_have_stretched_lengths_and_are_never_cropped(ma
 
 
 def test_ctc_fit_check_allows_for_the_fastest_speed(utterances, tokenizer, tmp_path):
-    from mindaudio.data.sampler import deepspeech2_output_frames
+    from mindaudio.models.deepspeech2 import output_length
 
     utt_id, audio, _ = utterances[0]  # 3.275 s: 328 frames, 163 CTC outputs at speed 1 (2-frame margin)
     samples = soundfile.info(str(audio)).frames
-    at_speed = {speed: deepspeech2_output_frames(num_frames(int(round(samples / speed)), SPECT) - 2)
+    at_speed = {speed: output_length(num_frames(int(round(samples / speed)), SPECT) - 2)
                 for speed in (1.0, 1.1)}
     # A label without repeats needs one output frame per character: this one fits at speed 1
     # but not once the utterance is played 1.1 times faster.
     length = (at_speed[1.0] + at_speed[1.1]) // 2
     assert at_speed[1.1] < length <= at_speed[1.0]
     manifest = write_manifest_with_transcripts(tmp_path, [(utt_id, audio, ("AB" * length)[:length])])
-    plain = load_split(manifest, tokenizer, SPECT, output_frames=deepspeech2_output_frames)
+    plain = load_split(manifest, tokenizer, SPECT, output_frames=output_length)
     assert len(plain.utterances) == 1
     with pytest.raises(DatasetError, match="dropped"):
-        load_split(manifest, tokenizer, SPECT, output_frames=deepspeech2_output_frames, speed_range=(0.9, 1.1))
+        load_split(manifest, tokenizer, SPECT, output_frames=output_length, speed_range=(0.9, 1.1))
 
 
 # ---------------------------------------------------------------- noise

@@ -11,7 +11,7 @@ import mindspore as ms
 from mindaudio.config import ConfigError, config_from_dict, load_config, parse_command_line
 from mindaudio.data.dataset import PaddedBatchSource, load_split, make_sampler
 from mindaudio.data.features import log_spectrogram
-from mindaudio.data.sampler import deepspeech2_output_frames
+from mindaudio.models.deepspeech2 import output_length
 from mindaudio.data.text import CharTokenizer
 from mindaudio.models.build import build_model
 
@@ -106,9 +106,9 @@ def test_fixed_training_frames_pad_every_batch_and_crop_longer_clips(manifest, c
 def test_ctc_fit_check_uses_the_cropped_length(manifest, config, tokenizer):
     spect = config.SpectConfig
     whole = load_split(manifest, tokenizer, spect, max_duration=35.0,
-                       output_frames=deepspeech2_output_frames)
+                       output_frames=output_length)
     cropped = load_split(manifest, tokenizer, spect, max_duration=35.0,
-                         output_frames=deepspeech2_output_frames, fixed_frames=100)
+                         output_frames=output_length, fixed_frames=100)
     # 100 frames give 50 output frames: every real transcript here is longer than 50 labels.
     longest_fit = max(len(label) for label in cropped.labels)
     assert longest_fit <= 50

@@ -12,7 +12,8 @@ from mindaudio.data.dataset import (COLUMNS, FRAME_MARGIN, DatasetError, PaddedB
                                     bucket_frames, build_dataset, duration_frames,
                                     label_pad_lengths, load_split, make_sampler)
 from mindaudio.data.features import log_spectrogram
-from mindaudio.data.sampler import Batch, deepspeech2_output_frames
+from mindaudio.data.sampler import Batch
+from mindaudio.models.deepspeech2 import output_length
 from mindaudio.data.text import CharTokenizer
 
 SPECT = SpectConfig()
@@ -123,7 +124,7 @@ def test_training_split_drops_and_counts(manifest, entries, tokenizer):
 
 def test_real_model_output_frames_keep_real_speech(manifest, entries, tokenizer):
     split = load_split(manifest, tokenizer, SPECT, bucket_boundaries=BOUNDARIES,
-                       max_duration=30.0, output_frames=deepspeech2_output_frames)
+                       max_duration=30.0, output_frames=output_length)
     assert len(split.utterances) == len(entries)
 
 
@@ -149,7 +150,7 @@ def test_a_split_with_nothing_left_is_an_error(tmp_path, entries, tokenizer):
                                 [{"audio_filepath": str(audio), "text": "1234"}])
     with pytest.raises(DatasetError, match="empty.jsonl: all 1 utterances were dropped"):
         load_split(manifest, tokenizer, SPECT, max_duration=30.0,
-                   output_frames=deepspeech2_output_frames)
+                   output_frames=output_length)
 
 
 # ---------------------------------------------------------------- batches

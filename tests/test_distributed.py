@@ -23,9 +23,9 @@ from mindaudio.data.librispeech import extracted_utterances
 from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.data.sampler import plan_epoch
 from mindaudio.metrics import char_error_rate, word_error_rate
-from mindaudio.training import launcher
-from mindaudio.training.collectives import from_digits, to_digits
-from mindaudio.training.launcher import LaunchError, detect_launch, scheduler_host, scheduler_port
+from mindaudio.runtime import launcher
+from mindaudio.runtime.collectives import from_digits, to_digits
+from mindaudio.runtime.launcher import LaunchError, detect_launch, scheduler_host, scheduler_port
 from mindaudio.training.validation import error_counts, rates_from_counts
 
 # Eight utterances of 2.1-5.4 s: one padding bucket, two steps of 2 x 2 utterances per epoch.
@@ -262,7 +262,7 @@ def write_config(directory: Path, corpus, accumulation: int, epochs: int = EPOCH
 
 
 def final_checkpoint_path(config: Path) -> str:
-    from mindaudio.training.checkpoint import CheckpointManager
+    from mindaudio.checkpoint import CheckpointManager
 
     ckpt = yaml.safe_load(config.read_text())["CheckpointConfig"]
     latest = CheckpointManager(ckpt["ckpt_path"], "DeepSpeech", 3).latest()
@@ -271,7 +271,7 @@ def final_checkpoint_path(config: Path) -> str:
 
 
 def final_checkpoint(config: Path):
-    from mindaudio.training.checkpoint import load_checkpoint
+    from mindaudio.checkpoint import load_checkpoint
 
     values, state = load_checkpoint(final_checkpoint_path(config))
     return {name: value.asnumpy() for name, value in values.items()}, state
@@ -389,7 +389,7 @@ def rank_processes(launcher_pid: int) -> dict:
 @pytest.mark.slow
 @needs_mpirun
 def test_a_killed_rank_ends_the_run_with_an_error_not_a_hang(corpus, tmp_path, repo_root):
-    from mindaudio.training.checkpoint import CheckpointManager
+    from mindaudio.checkpoint import CheckpointManager
 
     config = write_config(tmp_path, corpus, accumulation=1, epochs=50)
     data = yaml.safe_load(config.read_text())
@@ -406,7 +406,7 @@ def test_a_killed_rank_ends_the_run_with_an_error_not_a_hang(corpus, tmp_path, r
         assert proc.poll() is None and manager.latest(), "training did not get under way"
         ranks = rank_processes(proc.pid)
         assert sorted(ranks) == [0, 1], ranks
-        schedulers = [pid for pid in children(ranks[0]) if b"mindaudio.training.launcher" in cmdline(pid)]
+        schedulers = [pid for pid in children(ranks[0]) if b"mindaudio.runtime.launcher" in cmdline(pid)]
         assert len(schedulers) == 1, "rank 0 did not start one scheduler"
         os.kill(ranks[1], signal.SIGKILL)
         killed = time.monotonic()

@@ -7,7 +7,7 @@ import pytest
 
 from mindaudio.data.sampler import (Batch, BucketSampler, DropCounts, SamplerError,
                                     assign_buckets, bucket_edges, ctc_min_frames,
-                                    deepspeech2_output_frames, filter_utterances, plan_epoch)
+                                    filter_utterances, plan_epoch)
 
 EDGES = (2.0, 4.0, 6.0, 10.0)
 
@@ -36,12 +36,6 @@ def test_ctc_min_frames_counts_one_blank_per_adjacent_repeat():
     # "LL" in HELLO needs a blank between the two L's.
     assert ctc_min_frames([7, 4, 11, 11, 14]) == 6
     assert ctc_min_frames([5, 5, 5]) == 5
-
-
-def test_deepspeech2_output_frames_matches_a_stride_two_convolution():
-    # conv1: kernel 11, stride 2, padding 5 -> floor((T + 10 - 11) / 2) + 1
-    for frames in range(1, 60):
-        assert deepspeech2_output_frames(frames) == (frames + 2 * 5 - 11) // 2 + 1
 
 
 def test_filter_counts_each_reason_exactly():

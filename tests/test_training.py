@@ -18,7 +18,7 @@ from corpus import small_config_dict
 from mindaudio.config import config_from_dict
 from mindaudio.data.librispeech import extracted_utterances
 from mindaudio.data.manifest import write_manifest_with_transcripts
-from mindaudio.training.checkpoint import CheckpointManager, load_checkpoint
+from mindaudio.checkpoint import CheckpointManager, load_checkpoint
 from mindaudio.training.trainer import learning_rate_for_epoch
 
 # Four short utterances (2.7-5.5 s) keep every test here to seconds per step.

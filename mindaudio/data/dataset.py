@@ -131,7 +131,7 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
     max_duration: drop longer utterances (training); None keeps all (evaluation) and closes the
     last bucket at the longest utterance.
     output_frames: the model's output frames for a number of input frames (e.g.
-    `sampler.deepspeech2_output_frames`); when given (training), empty labels and labels that
+    `models.deepspeech2.output_length`); when given (training), empty labels and labels that
     CTC cannot align within the output frames are dropped. The check assumes FRAME_MARGIN input
     frames fewer than the duration suggests, so a borderline utterance cannot fail the loss.
     Drops are counted in the result and logged in a summary; nothing is cropped.

@@ -45,16 +45,6 @@ def ctc_min_frames(label: Sequence[int]) -> int:
     return int(label.size + np.count_nonzero(label[1:] == label[:-1]))
 
 
-def deepspeech2_output_frames(input_frames: int) -> int:
-    """Output frames of DeepSpeech2's conv front end for `input_frames` spectrogram frames.
-
-    conv1 has time stride 2 (kernel 11, padding 5), conv2 time stride 1 (same length).
-    """
-    if input_frames < 1:
-        return 0
-    return (input_frames - 1) // 2 + 1
-
-
 def filter_utterances(durations: Sequence[float], labels: Sequence[Sequence[int]],
                       max_duration: Optional[float] = None,
                       output_frames_of_duration: Optional[Callable[[float], int]] = None,

@@ -13,47 +13,82 @@ batch statistics still see the padded frames, as in the original and in deepspee
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-# Time-axis geometry of the two convolutions: (kernel, stride, padding) along time.
-_TIME_CONV_GEOMETRY = ((11, 2, 5), (11, 1, 5))
-# Frequency-axis geometry of the two convolutions: (kernel, stride, padding) along frequency.
-_FREQ_CONV_GEOMETRY = ((41, 2, 20), (21, 2, 10))
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """One convolution of the front end, as (frequency, time) pairs."""
+    in_channels: int
+    out_channels: int
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+
+
 CONV_CHANNELS = 32
+# The one description of the convolutions: `MaskConv` builds its layers from it, and every
+# length or size below (and the data pipeline, inference and the benchmarks through them) is
+# derived from it. Only the first convolution strides in time.
+CONV_GEOMETRY = (
+    ConvGeometry(1, CONV_CHANNELS, kernel=(41, 11), stride=(2, 2), padding=(20, 5)),
+    ConvGeometry(CONV_CHANNELS, CONV_CHANNELS, kernel=(21, 11), stride=(2, 1), padding=(10, 5)),
+)
+_FREQ, _TIME = 0, 1
 
 
-def _conv_out(size, kernel: int, stride: int, padding: int):
-    """Output length of a convolution; works on ints and integer numpy arrays."""
+def conv_output_size(size, kernel: int, stride: int, padding: int):
+    """Output length of one convolution axis; works on ints and integer numpy arrays."""
     return (size + 2 * padding - kernel) // stride + 1
 
 
 def output_length(num_frames):
     """Number of logit frames the model emits for `num_frames` input frames: (n - 1) // 2 + 1.
 
-    Accepts an int or an integer numpy array. The data pipeline uses it to drop utterances whose
-    transcript cannot fit in their output frames.
+    Accepts an int or an integer numpy array (or tensor). The data pipeline uses it to drop
+    utterances whose transcript cannot fit in their output frames.
     """
-    for kernel, stride, padding in _TIME_CONV_GEOMETRY:
-        num_frames = _conv_out(num_frames, kernel, stride, padding)
+    for conv in CONV_GEOMETRY:
+        num_frames = conv_output_size(num_frames, conv.kernel[_TIME], conv.stride[_TIME],
+                                      conv.padding[_TIME])
     return num_frames
+
+
+def time_stride() -> int:
+    """Input feature frames per output frame: the product of the convolutions' time strides."""
+    return math.prod(conv.stride[_TIME] for conv in CONV_GEOMETRY)
+
+
+def conv_freq_sizes(num_bins: int) -> Tuple[int, ...]:
+    """Frequency bins after each convolution, for `num_bins` input bins."""
+    sizes = []
+    for conv in CONV_GEOMETRY:
+        num_bins = conv_output_size(num_bins, conv.kernel[_FREQ], conv.stride[_FREQ], conv.padding[_FREQ])
+        sizes.append(num_bins)
+    return tuple(sizes)
 
 
 def rnn_input_size(sample_rate: int, window_size: float) -> int:
     """Features per frame entering the first LSTM: 32 channels x frequency bins left after the convs."""
     bins = int(math.floor(sample_rate * window_size / 2)) + 1
-    for kernel, stride, padding in _FREQ_CONV_GEOMETRY:
-        bins = _conv_out(bins, kernel, stride, padding)
-    return CONV_CHANNELS * bins
+    return CONV_GEOMETRY[-1].out_channels * conv_freq_sizes(bins)[-1]
 
 
 def _time_mask(lengths: ms.Tensor, num_steps: int, dtype) -> ms.Tensor:
     """(B, num_steps) mask: 1 where step < lengths[b], else 0."""
     steps = ops.arange(0, num_steps, 1, dtype=lengths.dtype)
     return (steps.view(1, -1) < lengths.view(-1, 1)).astype(dtype)
+
+
+def _conv2d(conv: ConvGeometry) -> nn.Conv2d:
+    pad_f, pad_t = conv.padding
+    return nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel, stride=conv.stride,
+                     pad_mode="pad", padding=(pad_f, pad_f, pad_t, pad_t), has_bias=False)
 
 
 class MaskConv(nn.Cell):
@@ -66,12 +101,12 @@ class MaskConv(nn.Cell):
     def __init__(self, masked: bool = True, rng: Optional[np.random.Generator] = None):
         super().__init__()
         self.masked = masked
-        self.conv1 = nn.Conv2d(1, CONV_CHANNELS, kernel_size=(41, 11), stride=(2, 2), pad_mode="pad",
-                               padding=(20, 20, 5, 5), has_bias=False)
-        self.bn1 = nn.BatchNorm2d(num_features=CONV_CHANNELS)
-        self.conv2 = nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, kernel_size=(21, 11), stride=(2, 1),
-                               pad_mode="pad", padding=(10, 10, 5, 5), has_bias=False)
-        self.bn2 = nn.BatchNorm2d(num_features=CONV_CHANNELS)
+        # Attribute order fixes the parameters' order in checkpoints: the original's conv1, bn1, conv2, bn2.
+        first, second = CONV_GEOMETRY
+        self.conv1 = _conv2d(first)
+        self.bn1 = nn.BatchNorm2d(num_features=first.out_channels)
+        self.conv2 = _conv2d(second)
+        self.bn2 = nn.BatchNorm2d(num_features=second.out_channels)
         self.tanh = nn.Tanh()
         self._initialize_weights(rng if rng is not None else np.random.default_rng())
 

@@ -17,16 +17,17 @@ from mindaudio.config import Config, check_files
 from mindaudio.data.augment import Augmentation
 from mindaudio.data.dataset import Split, build_dataset, load_split, make_sampler
 from mindaudio.data.features import hop_size
-from mindaudio.data.sampler import deepspeech2_output_frames
 from mindaudio.data.text import CharTokenizer
 from mindaudio.evaluation import evaluate_split
-from mindaudio.models.build import build_model, load_model_weights
+from mindaudio.models.build import build_model
+from mindaudio.models.deepspeech2 import output_length
+from mindaudio.checkpoint import load_model_weights
 from mindaudio.models.loss import NetWithCTCLoss
-from mindaudio.training.checkpoint import (CheckpointManager, TrainState, load_checkpoint,
+from mindaudio.checkpoint import (CheckpointManager, TrainState, load_checkpoint,
                                            restore_parameters, training_parameters)
-from mindaudio.training.collectives import CollectiveError, check_same_on_all_ranks, mean_over_ranks
+from mindaudio.runtime.collectives import CollectiveError, check_same_on_all_ranks, mean_over_ranks
 from mindaudio.training.plot import plot_training_log
-from mindaudio.training.runtime import Runtime, setup_runtime
+from mindaudio.runtime.device import Runtime, setup_runtime
 from mindaudio.training.train_step import (AccumulateGradients, ApplyGradients, ClearGradients,
                                            make_accumulators)
 from mindaudio.training.validation import validate_shared
@@ -88,7 +89,7 @@ class Trainer:
                                       speed_range=speed_range,
                                       bucket_boundaries=train_cfg.bucket_boundaries,
                                       max_duration=train_cfg.max_duration,
-                                      output_frames=deepspeech2_output_frames)
+                                      output_frames=output_length)
         self.sampler = make_sampler(self.train_split, train_cfg.batch_size, train=True, seed=train_cfg.seed,
                                     sortagrad=train_cfg.sortagrad, rank=self.runtime.rank,
                                     world_size=self.runtime.world_size,

@@ -23,8 +23,8 @@ from mindaudio.config import Config
 from mindaudio.data.dataset import Split, build_dataset, make_sampler
 from mindaudio.data.text import CharTokenizer
 from mindaudio.evaluation import transcribe_batches
-from mindaudio.training.collectives import broadcast_parameters, sum_over_ranks
-from mindaudio.training.runtime import Runtime
+from mindaudio.runtime.collectives import broadcast_parameters, sum_over_ranks
+from mindaudio.runtime.device import Runtime
 
 # Positions in the count vector.
 WORD_EDITS, REFERENCE_WORDS, CHAR_EDITS, REFERENCE_CHARS = range(4)

@@ -6,7 +6,7 @@ A plain `python train.py` sets none of them and stays a single process.
 
 MindSpore's CPU collectives need a scheduler process and MS_ROLE/MS_NODE_ID in every worker,
 which mpirun does not give. `prepare_cpu_cluster` maps the MPI rank and size onto MindSpore's
-variables and, on rank 0, starts the scheduler (`python -m mindaudio.training.launcher`), so the
+variables and, on rank 0, starts the scheduler (`python -m mindaudio.runtime.launcher`), so the
 documented `mpirun -n N python train.py -c deepspeech2.yaml` works unchanged on CPU.
 """
 from __future__ import annotations
@@ -184,7 +184,7 @@ def start_scheduler(host: str, port: int, world_size: int, log_path: str,
     with open(log_path, "ab") as log:
         # Its own session: mpirun's signals to rank 0 must not reach it before the workers
         # have left the cluster; it ends on its own (see above).
-        return subprocess.Popen([sys.executable, "-m", "mindaudio.training.launcher"], env=env,
+        return subprocess.Popen([sys.executable, "-m", "mindaudio.runtime.launcher"], env=env,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
@@ -254,7 +254,7 @@ def run_scheduler() -> None:
 def _main() -> int:
     """Entry point of the scheduler process that rank 0 starts under mpirun."""
     if os.environ.get("MS_ROLE") != "MS_SCHED":
-        print("mindaudio.training.launcher runs MindSpore's scheduler; train.py starts it under "
+        print("mindaudio.runtime.launcher runs MindSpore's scheduler; train.py starts it under "
               "mpirun, it is not run by hand", file=sys.stderr)
         return 2
     # mpirun binds rank 0 to one core; its scheduler need not share it.

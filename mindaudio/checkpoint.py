@@ -172,3 +172,15 @@ def restore_parameters(cells: Iterable[ms.nn.Cell], values: Dict[str, ms.Paramet
             raise CheckpointError(f"{path}: parameter {name} has shape {got}, the model expects {want} "
                                   f"(was it trained with another ModelConfig?)")
         ms.load_param_into_net(cell, {k: v for k, v in values.items()}, strict_load=False)
+
+
+def load_model_weights(model: ms.nn.Cell, path: str) -> List[str]:
+    """Load a checkpoint's model weights: ours, the original's bare model, or the original's
+    training-cell file (its optimizer entries are ignored). Every model parameter must be there.
+
+    Returns the names in the file that are not model parameters (optimizer state and the like).
+    """
+    values, _ = load_checkpoint(path)
+    restore_parameters([model], values, path, strict=True)
+    model_names = {p.name for p in model.get_parameters()}
+    return sorted(k for k in values if k not in model_names)

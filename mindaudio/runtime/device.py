@@ -14,8 +14,8 @@ import mindaudio  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before mindspore loads)
 import mindspore as ms
 
 from mindaudio.config import RuntimeConfig
-from mindaudio.training import launcher
-from mindaudio.training.launcher import Launch, LaunchError, detect_launch
+from mindaudio.runtime import launcher
+from mindaudio.runtime.launcher import Launch, LaunchError, detect_launch
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Where the computation runs: device and execution mode, data-parallel launch, collectives."""
