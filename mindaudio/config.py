@@ -127,6 +127,10 @@ class OptimConfig:
     epsilon: float = 1e-5
     # Global-norm gradient clipping; 0 disables it.
     max_grad_norm: float = 400.0
+    # The original divided the gradients by the loss scale twice (once in its loss-scaled training
+    # cell, again in Adam(loss_scale=...)), so Adam saw gradients loss_scale times smaller and its
+    # epsilon acted relatively loss_scale times larger. True reproduces that; False is plain Adam.
+    divide_by_loss_scale_twice: bool = False
 
 
 @dataclass
@@ -186,6 +190,10 @@ class Config:
     EvalConfig: EvalConfig = field(default_factory=EvalConfig)
     Pretrained_model: str = ""
     labels: List[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
+    # The original's text handling: its transcript parser dropped the apostrophe (label id 0) from
+    # training targets and evaluation references alike, so the published checkpoint never learned
+    # to emit it and its WER was scored without it ("DON'T" as "DONT").
+    drop_apostrophes: bool = False
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # Where the yaml was read from; relative paths in it are resolved against the working directory.
     source: str = "<defaults>"
