@@ -19,7 +19,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user can fix (a bad file, key, path or value), not a bug in this code.
+
+    The project's user-facing errors derive from it; the command-line entry points print its
+    message as one line and exit non-zero instead of showing a traceback. The message names the
+    file, key or line at fault.
+    """
+
+
+class ConfigError(UserError, ValueError):
     """A configuration problem, with the file and key at fault in the message."""
 
 
