@@ -396,11 +396,17 @@ def _validate_augmentation(config: Config) -> None:
                               f"set and noise_prob is {a.noise_prob})") from None
 
 
+# Keys whose value may be an http(s) URL instead of a file.
+URL_KEYS = ("Pretrained_model", "CheckpointConfig.resume_from")
+
+
 def check_files(config: Config, keys: Sequence[str]) -> None:
     """Raise `ConfigError` naming the key when one of `keys` (e.g. 'EvalConfig.test_manifest') is set
     to a path that does not exist."""
     for key in keys:
         value = _get(config, key)
+        if key in URL_KEYS and isinstance(value, str) and value.lower().startswith(("http://", "https://")):
+            continue  # fetched by mindaudio.checkpoint, which names the URL if that fails
         if value and not os.path.exists(value):
             raise ConfigError(f"{config.source}: {key}: file not found: {value}")
 

@@ -21,10 +21,9 @@ from mindaudio.data.text import CharTokenizer
 from mindaudio.evaluation import evaluate_split
 from mindaudio.models.build import build_model
 from mindaudio.models.deepspeech2 import output_length
-from mindaudio.checkpoint import load_model_weights
 from mindaudio.models.loss import NetWithCTCLoss
-from mindaudio.checkpoint import (CheckpointManager, TrainState, load_checkpoint,
-                                           restore_parameters, training_parameters)
+from mindaudio.checkpoint import (CheckpointManager, TrainState, load_checkpoint, load_model_weights,
+                                  restore_training, state_at_step, training_parameters)
 from mindaudio.runtime.collectives import CollectiveError, check_same_on_all_ranks, mean_over_ranks
 from mindaudio.training.plot import plot_training_log
 from mindaudio.runtime.device import Runtime, setup_runtime
@@ -125,30 +124,47 @@ class Trainer:
             self._check_ranks_agree()
 
     def _initial_state(self) -> TrainState:
-        """Resume from the newest checkpoint when allowed; else start fresh, from `Pretrained_model`'s
-        weights if one is given."""
+        """Resume from `resume_from`, else from the newest checkpoint that reads back intact when
+        allowed; else start fresh, from `Pretrained_model`'s weights (partly, if need be) if one is given."""
         cfg = self.config
         if self.runtime.is_main:
             self.checkpoints.remove_partials()
-        latest = cfg.CheckpointConfig.resume_from or (
-            self.checkpoints.latest() if cfg.CheckpointConfig.resume else None)
-        if latest:
-            values, state = load_checkpoint(latest)
-            if state is None:
-                raise RuntimeError(f"{latest} holds no training state; remove it or set "
-                                   f"CheckpointConfig.resume false")
-            restore_parameters([self.model, self.optimizer], values, latest, strict=True)
-            if state.seed != cfg.TrainingConfig.seed:
+        found = None
+        if cfg.CheckpointConfig.resume_from:
+            found = (cfg.CheckpointConfig.resume_from, *load_checkpoint(cfg.CheckpointConfig.resume_from))
+        elif cfg.CheckpointConfig.resume:
+            found = self.checkpoints.latest_loadable()
+        if found:
+            source, values, state = found
+            optim = cfg.OptimConfig
+            # The original's Adam saw gradients divided by its loss scale; ours does only when told to.
+            moment_scale = 1.0 if optim.divide_by_loss_scale_twice else optim.loss_scale
+            resumed = restore_training(self.model, self.optimizer, source, values, state,
+                                       original_moment_scale=moment_scale)
+            state = resumed.state
+            if resumed.original:
+                state = state_at_step(state.global_step, len(self.sampler), cfg.TrainingConfig.accumulation_steps,
+                                      cfg.TrainingConfig.seed)
+                if self.runtime.is_main:
+                    logger.warning(
+                        "%s is the original's training cell: weights, Adam moments%s and step %d continue; "
+                        "not used: %s; its learning_rate is replaced by OptimConfig's schedule; position "
+                        "derived from the step: epoch %d, batch %d", source,
+                        f" (rescaled for loss_scale {moment_scale:g})" if moment_scale != 1.0 else "",
+                        state.global_step, ", ".join(resumed.not_used) or "nothing", state.epoch + 1,
+                        state.batches_done)
+            elif state.seed != cfg.TrainingConfig.seed:
                 logger.warning("resuming %s trained with seed %d; TrainingConfig.seed is %d",
-                               latest, state.seed, cfg.TrainingConfig.seed)
+                               source, state.seed, cfg.TrainingConfig.seed)
             if self.runtime.is_main:
-                print(f"resuming from {latest}: epoch {state.epoch}, batch {state.batches_done}, "
+                print(f"resuming from {source}: epoch {state.epoch}, batch {state.batches_done}, "
                       f"step {state.global_step}")
             return state
         if cfg.Pretrained_model:
-            extra = load_model_weights(self.model, cfg.Pretrained_model)
+            loaded = load_model_weights(self.model, cfg.Pretrained_model, partial=True)
             if self.runtime.is_main:
-                print(f"loaded weights from {cfg.Pretrained_model} (ignored {len(extra)} optimizer entries)")
+                print(f"loaded {len(loaded.loaded)} model parameters from {cfg.Pretrained_model} "
+                      f"(skipped {len(loaded.training_entries)} optimizer entries)")
         return TrainState(seed=cfg.TrainingConfig.seed)
 
     def _check_ranks_agree(self) -> None:
