@@ -49,10 +49,16 @@ def is_training_entry(name: str, model_names: Set[str]) -> bool:
     return any(name.startswith(p) and name[len(p):] in model_names for p in MOMENT_PREFIXES)
 
 
-def _listing(names: Sequence[str], limit: int = 6) -> str:
-    names = list(names)
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+def _listing(names: Sequence[str], limit: int = 10) -> str:
+    """Names for one message line: three or more sharing a prefix (one layer, say) become `prefix.* (n)`."""
+    groups: Dict[str, List[str]] = {}
+    for name in names:
+        groups.setdefault(name.split(" ", 1)[0].rsplit(".", 1)[0], []).append(name)
+    items = []
+    for prefix, members in groups.items():
+        items.extend([f"{prefix}.* ({len(members)})"] if len(members) >= 3 else members)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def _shape_mismatches(params: Iterable[ms.Parameter], values: Dict[str, ms.Parameter]) -> List[Tuple[str, tuple, tuple]]:

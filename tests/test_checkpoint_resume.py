@@ -1,0 +1,141 @@
+"""The trainer's choice of where to start: an original training-cell checkpoint (also by URL),
+the newest intact checkpoint when the newest is corrupt, and a partial Pretrained_model."""
+import http.server
+import logging
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import mindaudio  # noqa: F401  (before mindspore)
+import mindspore as ms
+
+from corpus import small_config_dict
+from mindaudio.checkpoint import (CACHE_ENV, CheckpointManager, TrainState, load_checkpoint, save_atomic,
+                                  training_parameters)
+from mindaudio.config import config_from_dict
+from mindaudio.data.librispeech import extracted_utterances
+from mindaudio.data.manifest import write_manifest_with_transcripts
+from mindaudio.training.trainer import Trainer
+
+SHORT_IDS = ("1089-134686-0001", "1089-134686-0037", "1988-24833-0000", "1988-24833-0001")
+
+
+@pytest.fixture(scope="module")
+def short_manifest(librispeech_mini, tmp_path_factory):
+    utterances = [u for u in extracted_utterances(librispeech_mini) if u[0] in SHORT_IDS]
+    assert len(utterances) == len(SHORT_IDS)
+    return write_manifest_with_transcripts(tmp_path_factory.mktemp("corpus"), utterances)
+
+
+def make_config(short_manifest, ckpt_dir, **sections):
+    return config_from_dict(small_config_dict(short_manifest, ckpt_dir, **sections), "test.yaml")
+
+
+def write_original_training_cell(path, trainer, global_step):
+    """A checkpoint in the original's training-cell naming (no train_state.*, with scale_sense),
+    written by MindSpore from random values shaped like `trainer`'s model and Adam."""
+    rng = np.random.default_rng(11)
+    written = {}
+    for name, param in training_parameters(trainer.model, trainer.optimizer):
+        if name == "global_step":
+            written[name] = np.array([global_step], np.int32)
+        else:
+            written[name] = np.abs(rng.standard_normal(param.shape)).astype(np.float32) + 0.1
+    written["scale_sense"] = np.array(1024, np.int64)
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in written.items()], str(path))
+    return written
+
+
+def test_trainer_resumes_an_original_training_cell_checkpoint(short_manifest, tmp_path, caplog):
+    fresh = Trainer(make_config(short_manifest, tmp_path / "fresh"), progress=False)
+    per_epoch = len(fresh.sampler)
+    step = per_epoch + 1  # one step into the second epoch
+    original = tmp_path / "DeepSpeech-2_1.ckpt"
+    written = write_original_training_cell(original, fresh, step)
+
+    config = make_config(short_manifest, tmp_path / "resumed", CheckpointConfig={"resume_from": str(original)},
+                         TrainingConfig={"epochs": 3})
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config, progress=False)
+    assert (trainer.state.epoch, trainer.state.batches_done, trainer.state.global_step) == (1, 1, step)
+    warnings = [r.getMessage() for r in caplog.records if "original's training cell" in r.getMessage()]
+    assert len(warnings) == 1 and "scale_sense" in warnings[0] and str(original) in warnings[0]
+    got = {name: p.asnumpy() for name, p in training_parameters(trainer.model, trainer.optimizer)}
+    scale = config.OptimConfig.loss_scale
+    for name, value in written.items():
+        if name == "scale_sense":
+            continue
+        factor = scale if name.startswith("moment1.") else scale ** 2 if name.startswith("moment2.") else 1.0
+        np.testing.assert_allclose(got[name], value * factor, rtol=1e-6, err_msg=name)
+
+
+def test_trainer_resumes_from_a_checkpoint_url(short_manifest, tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    first = Trainer(make_config(short_manifest, tmp_path / "first"), progress=False)
+    first.state = TrainState(epoch=1, batches_done=0, global_step=2, seed=first.state.seed)
+    path = first._save()
+    body = open(path, "rb").read()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/runs/DeepSpeech-e001-s00000002.ckpt"
+        config = make_config(short_manifest, tmp_path / "second", CheckpointConfig={"resume_from": url})
+        second = Trainer(config, progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+    assert (second.state.epoch, second.state.global_step) == (1, 2)
+    want, _ = load_checkpoint(path)
+    for p in second.model.get_parameters():
+        np.testing.assert_array_equal(p.asnumpy(), want[p.name].asnumpy(), err_msg=p.name)
+
+
+def test_trainer_falls_back_when_the_newest_checkpoint_is_corrupt(short_manifest, tmp_path, caplog):
+    ckpt = tmp_path / "ckpt"
+    trainer = Trainer(make_config(short_manifest, ckpt), progress=False)
+    trainer.state = TrainState(epoch=0, batches_done=1, global_step=1, seed=trainer.state.seed)
+    older = trainer._save()
+    trainer.state = TrainState(epoch=0, batches_done=2, global_step=2, seed=trainer.state.seed)
+    newest = trainer._save()
+    data = bytearray(open(newest, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(newest, 0o600)
+    open(newest, "wb").write(bytes(data))
+    assert CheckpointManager(str(ckpt), "DeepSpeech", 3).latest() == newest
+
+    with caplog.at_level(logging.WARNING):
+        resumed = Trainer(make_config(short_manifest, ckpt), progress=False)
+    assert resumed.state.global_step == 1 and resumed.state.batches_done == 1
+    assert any(newest in r.getMessage() for r in caplog.records)
+    assert any(older in r.getMessage() for r in caplog.records)
+
+
+def test_pretrained_model_loads_partly_for_fine_tuning_with_a_warning(short_manifest, tmp_path, caplog):
+    other = make_config(short_manifest, tmp_path / "other", ModelConfig={"hidden_size": 32, "hidden_layers": 2})
+    source = Trainer(other, progress=False)
+    pretrained = save_atomic(str(tmp_path / "two_layers.ckpt"),
+                             [(p.name, p) for p in source.model.get_parameters()])
+    config = make_config(short_manifest, tmp_path / "tune")
+    config.Pretrained_model = pretrained
+    with caplog.at_level(logging.WARNING):
+        tuned = Trainer(config, progress=False)
+    lines = [r.getMessage() for r in caplog.records if "fine-tuning" in r.getMessage()]
+    assert len(lines) == 1 and "RNN.lstms.1.* (8)" in lines[0] and pretrained in lines[0]
+    want = {p.name: p.asnumpy() for p in source.model.get_parameters()}
+    for p in tuned.model.get_parameters():
+        np.testing.assert_array_equal(p.asnumpy(), want[p.name], err_msg=p.name)
