@@ -211,3 +211,48 @@ def test_url_keys_pass_the_file_check_but_manifests_do_not():
     config.TrainingConfig.train_manifest = "https://download.example.invalid/train.json"
     with pytest.raises(ConfigError, match="train_manifest"):
         check_files(config, ["TrainingConfig.train_manifest"])
+
+
+def test_concurrent_processes_fetch_a_url_once(cache, published):
+    """Two resolvers at once (as data-parallel ranks start): one downloads, the other waits for it."""
+    from mindaudio.checkpoint import resolve_checkpoint
+
+    body, _ = published
+    second_request = threading.Event()
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            if len(requests) == 1:
+                # Hold the first transfer open so that an unlocked second resolver would overlap it.
+                second_request.wait(timeout=3.0)
+            else:
+                second_request.set()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    serving = threading.Thread(target=httpd.serve_forever, daemon=True)
+    serving.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/shared.ckpt"
+    results = []
+    try:
+        workers = [threading.Thread(target=lambda: results.append(resolve_checkpoint(url, progress=False)))
+                   for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        serving.join()
+    assert requests == ["/shared.ckpt"]
+    assert results == [str(cached_path(url))] * 2
+    assert cached_path(url).read_bytes() == body
