@@ -148,10 +148,10 @@ class Trainer:
                 if self.runtime.is_main:
                     logger.warning(
                         "%s is the original's training cell: weights, Adam moments%s and step %d continue; "
-                        "not used: %s; its learning_rate is replaced by OptimConfig's schedule; position "
-                        "derived from the step: epoch %d, batch %d", source,
+                        "not used: %s; its learning_rate is replaced by OptimConfig's schedule; derived from "
+                        "the step: %d epoch(s) and %d batch(es) done", source,
                         f" (rescaled for loss_scale {moment_scale:g})" if moment_scale != 1.0 else "",
-                        state.global_step, ", ".join(resumed.not_used) or "nothing", state.epoch + 1,
+                        state.global_step, ", ".join(resumed.not_used) or "nothing", state.epoch,
                         state.batches_done)
             elif state.seed != cfg.TrainingConfig.seed:
                 logger.warning("resuming %s trained with seed %d; TrainingConfig.seed is %d",
