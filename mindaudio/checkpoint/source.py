@@ -18,9 +18,6 @@ import urllib.parse
 from pathlib import Path
 
 from mindaudio.checkpoint.errors import CheckpointDownloadError
-# The resumable fetch with a progress bar is the LibriSpeech downloader's; its public
-# `download_archive` insists on a published MD5, which a checkpoint URL does not come with.
-from mindaudio.data.archives import _fetch_into, _TruncatedTransfer
 
 CACHE_ENV = "MINDAUDIO_CACHE"
 _TIMEOUT_SECONDS = 60.0
@@ -76,6 +73,10 @@ def resolve_checkpoint(path_or_url: str, progress: bool = True) -> str:
 
 
 def _download(url: str, target: Path, progress: bool) -> None:
+    # The resumable fetch with a progress bar is the dataset downloader's; its public
+    # `download_archive` insists on a published MD5, which a checkpoint URL does not come with.
+    from mindaudio.data.archives import _fetch_into, _TruncatedTransfer
+
     part = target.with_name(target.name + ".part")
     resumed = part.stat().st_size if part.exists() else 0
     print(f"downloading {url} to {target}" + (f" (resuming after {resumed} bytes)" if resumed else ""),
