@@ -29,6 +29,14 @@ def short_manifest(librispeech_mini, tmp_path_factory):
     return write_manifest_with_transcripts(tmp_path_factory.mktemp("corpus"), utterances)
 
 
+def built(config):
+    """A Trainer that has chosen its start, its checkpoint directory released again (where the
+    trainer locks it) so that the test can go on using it."""
+    trainer = Trainer(config, progress=False)
+    getattr(trainer, "close", lambda: None)()
+    return trainer
+
+
 def make_config(short_manifest, ckpt_dir, **sections):
     return config_from_dict(small_config_dict(short_manifest, ckpt_dir, **sections), "test.yaml")
 
@@ -49,7 +57,7 @@ def write_original_training_cell(path, trainer, global_step):
 
 
 def test_trainer_resumes_an_original_training_cell_checkpoint(short_manifest, tmp_path, caplog):
-    fresh = Trainer(make_config(short_manifest, tmp_path / "fresh"), progress=False)
+    fresh = built(make_config(short_manifest, tmp_path / "fresh"))
     per_epoch = len(fresh.sampler)
     step = per_epoch + 1  # one step into the second epoch
     original = tmp_path / "DeepSpeech-2_1.ckpt"
@@ -58,7 +66,7 @@ def test_trainer_resumes_an_original_training_cell_checkpoint(short_manifest, tm
     config = make_config(short_manifest, tmp_path / "resumed", CheckpointConfig={"resume_from": str(original)},
                          TrainingConfig={"epochs": 3})
     with caplog.at_level(logging.WARNING):
-        trainer = Trainer(config, progress=False)
+        trainer = built(config)
     assert (trainer.state.epoch, trainer.state.batches_done, trainer.state.global_step) == (1, 1, step)
     warnings = [r.getMessage() for r in caplog.records if "original's training cell" in r.getMessage()]
     assert len(warnings) == 1 and "scale_sense" in warnings[0] and str(original) in warnings[0]
@@ -73,9 +81,9 @@ def test_trainer_resumes_an_original_training_cell_checkpoint(short_manifest, tm
 
 def test_trainer_resumes_from_a_checkpoint_url(short_manifest, tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    first = Trainer(make_config(short_manifest, tmp_path / "first"), progress=False)
-    first.state = TrainState(epoch=1, batches_done=0, global_step=2, seed=first.state.seed)
-    path = first._save()
+    first = built(make_config(short_manifest, tmp_path / "first"))
+    path = CheckpointManager(str(tmp_path / "first"), "DeepSpeech", 3).save(
+        training_parameters(first.model, first.optimizer), TrainState(epoch=1, global_step=2, seed=first.state.seed))
     body = open(path, "rb").read()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -94,7 +102,7 @@ def test_trainer_resumes_from_a_checkpoint_url(short_manifest, tmp_path, monkeyp
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/runs/DeepSpeech-e001-s00000002.ckpt"
         config = make_config(short_manifest, tmp_path / "second", CheckpointConfig={"resume_from": url})
-        second = Trainer(config, progress=False)
+        second = built(config)
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -107,19 +115,19 @@ def test_trainer_resumes_from_a_checkpoint_url(short_manifest, tmp_path, monkeyp
 
 def test_trainer_falls_back_when_the_newest_checkpoint_is_corrupt(short_manifest, tmp_path, caplog):
     ckpt = tmp_path / "ckpt"
-    trainer = Trainer(make_config(short_manifest, ckpt), progress=False)
-    trainer.state = TrainState(epoch=0, batches_done=1, global_step=1, seed=trainer.state.seed)
-    older = trainer._save()
-    trainer.state = TrainState(epoch=0, batches_done=2, global_step=2, seed=trainer.state.seed)
-    newest = trainer._save()
+    source = built(make_config(short_manifest, tmp_path / "source"))
+    manager = CheckpointManager(str(ckpt), "DeepSpeech", 3)
+    params = training_parameters(source.model, source.optimizer)
+    older = manager.save(params, TrainState(epoch=0, batches_done=1, global_step=1, seed=source.state.seed))
+    newest = manager.save(params, TrainState(epoch=0, batches_done=2, global_step=2, seed=source.state.seed))
     data = bytearray(open(newest, "rb").read())
     data[len(data) // 2] ^= 0xFF
     os.chmod(newest, 0o600)
     open(newest, "wb").write(bytes(data))
-    assert CheckpointManager(str(ckpt), "DeepSpeech", 3).latest() == newest
+    assert manager.latest() == newest
 
     with caplog.at_level(logging.WARNING):
-        resumed = Trainer(make_config(short_manifest, ckpt), progress=False)
+        resumed = built(make_config(short_manifest, ckpt))
     assert resumed.state.global_step == 1 and resumed.state.batches_done == 1
     assert any(newest in r.getMessage() for r in caplog.records)
     assert any(older in r.getMessage() for r in caplog.records)
@@ -127,13 +135,13 @@ def test_trainer_falls_back_when_the_newest_checkpoint_is_corrupt(short_manifest
 
 def test_pretrained_model_loads_partly_for_fine_tuning_with_a_warning(short_manifest, tmp_path, caplog):
     other = make_config(short_manifest, tmp_path / "other", ModelConfig={"hidden_size": 32, "hidden_layers": 2})
-    source = Trainer(other, progress=False)
+    source = built(other)
     pretrained = save_atomic(str(tmp_path / "two_layers.ckpt"),
                              [(p.name, p) for p in source.model.get_parameters()])
     config = make_config(short_manifest, tmp_path / "tune")
     config.Pretrained_model = pretrained
     with caplog.at_level(logging.WARNING):
-        tuned = Trainer(config, progress=False)
+        tuned = built(config)
     lines = [r.getMessage() for r in caplog.records if "fine-tuning" in r.getMessage()]
     assert len(lines) == 1 and "RNN.lstms.1.* (8)" in lines[0] and pretrained in lines[0]
     want = {p.name: p.asnumpy() for p in source.model.get_parameters()}

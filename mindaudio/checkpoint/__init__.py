@@ -3,7 +3,7 @@ http(s) URLs into a cache, loaded exactly into a model (or partly, for fine-tuni
 runs resumed, ours or the original's. Below training, evaluation and inference; above models."""
 from mindaudio.checkpoint.errors import CheckpointDownloadError, CheckpointError
 from mindaudio.checkpoint.loading import (ORIGINAL_ONLY, Resumed, WeightsLoad, is_training_entry,
-                                          load_model_weights, restore_training, state_at_step,
+                                          load_model_weights, restore_parameters, restore_training, state_at_step,
                                           training_parameters)
 from mindaudio.checkpoint.manager import CheckpointManager
 from mindaudio.checkpoint.source import CACHE_ENV, cache_root, cached_path, is_url, resolve_checkpoint
@@ -14,5 +14,5 @@ __all__ = [
     "CACHE_ENV", "CheckpointDownloadError", "CheckpointError", "CheckpointManager", "ORIGINAL_ONLY",
     "Resumed", "TrainState", "WeightsLoad", "cache_root", "cached_path", "is_training_entry", "is_url",
     "load_checkpoint", "load_model_weights", "partial_name", "read_checkpoint", "resolve_checkpoint",
-    "restore_training", "save_atomic", "state_at_step", "training_parameters", "verify_crc",
+    "restore_parameters", "restore_training", "save_atomic", "state_at_step", "training_parameters", "verify_crc",
 ]

@@ -138,6 +138,20 @@ def load_model_weights(model: ms.nn.Cell, path_or_url: str, partial: bool = Fals
     return WeightsLoad(path_or_url, sorted(usable), training, not_loaded, unused)
 
 
+def restore_parameters(cells: Iterable[ms.nn.Cell], values: Dict[str, ms.Parameter], source: str,
+                       strict: bool = True) -> None:
+    """Load a training checkpoint's `values` into `cells` (a model and its optimizer) exactly: every
+    parameter of the cells must be there with its shape (with `strict`), and every entry must belong
+    to one of them (the loop state and the original's `scale_sense` aside). `restore_training`
+    does this and more."""
+    cells = list(cells)
+    params = {p.name: p for cell in cells for p in cell.get_parameters()}
+    needed = [p for p in params.values() if strict or p.name in values]
+    _check_exact(source, needed, values, lambda k: k in ORIGINAL_ONLY or k.startswith(STATE_PREFIX) or k in params)
+    for cell in cells:
+        _load_into(cell, values)
+
+
 @dataclass
 class Resumed:
     """A training checkpoint restored into a model and its optimizer.
@@ -187,16 +201,13 @@ def restore_training(network: ms.nn.Cell, optimizer: ms.nn.Optimizer, source: st
     if original and not looks_like_original_training_cell(values):
         raise CheckpointError(f"{source} holds model weights only, no optimizer state to resume from: "
                               f"set it as Pretrained_model to fine-tune from it instead")
-    params = training_parameters(network, optimizer)
-    names = {name for name, _ in params}
+    names = {name for name, _ in training_parameters(network, optimizer)}
     not_used = sorted(k for k in values if k not in names and k in ORIGINAL_ONLY)
-    _check_exact(source, [p for _, p in params], values, lambda k: k in ORIGINAL_ONLY)
     if original:
         if original_moment_scale != 1.0:
             values = _scaled_moments(values, original_moment_scale)
         state = TrainState(global_step=_step_of(values))
-    for cell in (network, optimizer):
-        _load_into(cell, values)
+    restore_parameters([network, optimizer], values, source)
     return Resumed(source, state, original, not_used)
 
 
