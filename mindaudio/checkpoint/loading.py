@@ -17,7 +17,7 @@ import numpy as np
 import mindspore as ms
 
 from mindaudio.checkpoint.errors import CheckpointError
-from mindaudio.checkpoint.store import STATE_PREFIX, TrainState, load_checkpoint
+from mindaudio.checkpoint.store import STATE_PREFIX, TrainState, load_checkpoint, mindspore_log_quiet
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,9 @@ def _check_exact(source: str, params: List[ms.Parameter], values: Dict[str, ms.P
 
 
 def _load_into(cell: ms.nn.Cell, values: Dict[str, ms.Parameter]) -> None:
-    ms.load_param_into_net(cell, values, strict_load=False)
+    # Names were checked before (an error, or for fine-tuning one warning line of ours).
+    with mindspore_log_quiet():
+        ms.load_param_into_net(cell, values, strict_load=False)
 
 
 @dataclass

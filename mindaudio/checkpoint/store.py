@@ -137,8 +137,9 @@ def verify_crc(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def _mindspore_errors_quiet():
-    """MindSpore logs its own error line before raising; we raise one clear error instead."""
+def mindspore_log_quiet():
+    """Silence MindSpore's logger for a call whose outcome we report ourselves in one line (its
+    checkpoint reader logs an error before raising; its loader warns about every name not loaded)."""
     try:
         from mindspore import log as ms_log
         ms_logger = ms_log._get_logger()  # noqa: SLF001 (no public handle on MindSpore's logger)
@@ -164,7 +165,7 @@ def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
     try:
-        with _mindspore_errors_quiet():
+        with mindspore_log_quiet():
             return ms.load_checkpoint(path)
     except Exception as err:  # MindSpore raises ValueError/RuntimeError for corrupt files
         cause = err.__cause__ or err
