@@ -120,8 +120,10 @@ def test_url_is_fetched_once_into_the_cache_then_reused_without_network(cache, p
     again = small_model(seed=1)
     load_model_weights(again, url)
     assert_weights(again, weights)
-    # Another URL with the same file name gets its own cache entry.
+    # Another URL with the same file name gets its own cache entry; every entry ends in .ckpt.
     assert cached_path(url.replace("/toolkits/", "/other/")) != target
+    assert re.fullmatch(r"get_id_3-[0-9a-f]{10}\.ckpt", cached_path("https://example.invalid/get_id_3").name)
+    assert re.fullmatch(r"model\.bin-[0-9a-f]{10}\.ckpt", cached_path("https://example.invalid/model.bin").name)
 
 
 def test_dropped_download_resumes_with_a_range_request(cache, published):

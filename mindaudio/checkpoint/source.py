@@ -36,12 +36,13 @@ def cache_root() -> Path:
 
 
 def cached_path(url: str) -> Path:
-    """Where `url`'s file lives in the cache: `<basename stem>-<10 hex of sha256(url)><suffix>`."""
+    """Where `url`'s file lives in the cache: `<basename without .ckpt>-<10 hex of sha256(url)>.ckpt`."""
     name = urllib.parse.unquote(os.path.basename(urllib.parse.urlparse(url).path)) or "checkpoint.ckpt"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "checkpoint.ckpt"
-    stem, suffix = os.path.splitext(name)
+    stem = name[:-len(".ckpt")] if name.lower().endswith(".ckpt") else name
     digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:10]
-    return cache_root() / "checkpoints" / f"{stem}-{digest}{suffix or '.ckpt'}"
+    # Always `.ckpt`: MindSpore reads a checkpoint only under that suffix.
+    return cache_root() / "checkpoints" / f"{stem}-{digest}.ckpt"
 
 
 def describe_source(url: str, local: str) -> str:
