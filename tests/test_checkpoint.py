@@ -274,3 +274,10 @@ def test_full_size_training_cell_maps_every_original_entry(shared_dir):
     assert set(ours) <= set(reference)
     for name, (shape, dtype) in ours.items():
         assert reference[name] == (shape, dtype), name
+
+
+def test_missing_file_and_directory_are_errors_naming_them(tmp_path):
+    with pytest.raises(CheckpointError, match="not found: .*nothing.ckpt"):
+        load_model_weights(small_model(), str(tmp_path / "nothing.ckpt"))
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_checkpoint(str(tmp_path))
