@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import mindaudio  # noqa: E402,F401  (before mindspore)
+from mindaudio.cli import run_cli  # noqa: E402  (first: sets MindSpore's log level before it loads)
 from mindaudio.config import config_from_dict  # noqa: E402
 from mindaudio.data.librispeech import extracted_utterances  # noqa: E402
 from mindaudio.data.manifest import write_manifest_with_transcripts  # noqa: E402
@@ -74,4 +74,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)
