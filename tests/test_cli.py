@@ -296,8 +296,11 @@ def test_tune_lm_without_an_lm_or_manifest_names_the_key(config_file, tmp_path):
 
 @pytest.mark.slow
 def test_tune_lm_names_a_checkpoint_that_is_not_one(config_file, not_a_checkpoint, speech, tmp_path):
-    lm = tmp_path / "lm.arpa"
-    lm.write_text("\\data\\\nngram 1=3\n\n\\1-grams:\n-1.0\t<s>\t0\n-1.0\t</s>\n-0.5\tA\t0\n\n\\end\\\n")
+    from mindaudio.decoding.ngram import build_arpa
+
+    text, lm = tmp_path / "lm.txt", tmp_path / "lm.arpa"
+    text.write_text("A TEST\nA B TEST\n")
+    build_arpa(str(text), str(lm), order=2, alphabet=list("ABCDEFGHIJKLMNOPQRSTUVWXYZ'"))
     proc = run("scripts/tune_lm.py", "-c", config_file, "--lm", lm, "--manifest", speech[1],
                "--checkpoint", not_a_checkpoint, "--output", tmp_path / "tune.json")
     assert_one_line_error(proc, not_a_checkpoint)
