@@ -73,14 +73,15 @@ def build_parser(description: str, own_arguments: Optional[OwnArguments] = None,
     parser.add_argument("-c", "--config", default=config_default,
                         help="yaml config (default: %s)" % (config_default or "none: the built-in defaults"))
     original = parser.add_argument_group("the original's flags")
-    original.add_argument("--device_target", default=None,
-                          help="auto (default: Ascend, else GPU, else CPU), CPU, GPU or Ascend")
-    original.add_argument("--device_id", default=None, help="device number (ignored on CPU)")
-    original.add_argument("--mode", default=None, help="GRAPH or 0 (default), PYNATIVE or 1")
+    original.add_argument("--device_target", default=None, metavar="{auto,CPU,GPU,Ascend}",
+                          help="sets RuntimeConfig.device_target; auto (the default): Ascend, else GPU, else CPU")
+    original.add_argument("--device_id", default=None, metavar="N", help="device number (ignored on CPU)")
+    original.add_argument("--mode", default=None, metavar="{GRAPH,PYNATIVE,0,1}",
+                          help="GRAPH (0, the default) or PYNATIVE (1)")
     if not single_process:
-        original.add_argument("--is_distributed", default=None, nargs="?", const="true",
+        original.add_argument("--is_distributed", default=None, nargs="?", const="true", metavar="{true,false}",
                               help="data-parallel training (detected automatically under mpirun/msrun)")
-    original.add_argument("--pre_trained_model_path", default=None,
+    original.add_argument("--pre_trained_model_path", default=None, metavar="CKPT",
                           help="checkpoint whose weights to load (sets Pretrained_model)")
     if own_arguments is not None:
         own_arguments(parser)
