@@ -47,8 +47,9 @@ class CommandLineError(UserError):
     """A command line argparse cannot read (unknown flag, missing value, bad number)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors raised as `CommandLineError` so they end like every other mistake."""
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors raised as `CommandLineError` so they end like every other mistake
+    (for scripts with no config; the others get theirs from `build_parser`)."""
 
     def error(self, message: str):  # noqa: D401  (argparse's hook)
         raise CommandLineError(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -65,7 +66,7 @@ def build_parser(description: str, own_arguments: Optional[OwnArguments] = None,
     single_process: no `--is_distributed` (export.py, transcribe.py and scripts run in one process).
     config_default: the yaml when `-c` is not given; None: no yaml, the built-in defaults.
     """
-    parser = _Parser(
+    parser = ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any yaml key can be set as --Section.key VALUE (e.g. --TrainingConfig.epochs 3, "
                "--CheckpointConfig.resume_from ''), or --key VALUE for a top-level key (--labels, "
