@@ -419,7 +419,7 @@ def test_user_errors_exit_2_and_bugs_keep_their_traceback(tmp_path):
     assert subprocess.run([sys.executable, str(script), "1"]).returncode == 1
 
 
-def test_importing_the_library_leaves_mindsporess_log_level_alone():
+def test_importing_the_library_leaves_mindspores_log_level_alone():
     env = {k: v for k, v in os.environ.items() if k != "GLOG_v"}
     code = ("import os, mindaudio; print(os.environ.get('GLOG_v')); import mindaudio.cli; "
             "print(os.environ.get('GLOG_v'))")
