@@ -186,8 +186,9 @@ def check_frame_geometry(config: Config) -> None:
 
 
 def check_writable_dir(directory: str, key: str, config: Config) -> None:
-    """ConfigError naming `key` (a config key, or a flag like '--output') unless `directory` exists or can be created, and a file can be
-    written and removed in it. Run before any work, so a run never fails at its first write."""
+    """ConfigError naming `key` (a config key, or a flag like '--output') unless `directory` exists
+    or can be created, and a file can be written and removed in it. Run before any work, so a run
+    never fails at its first write (nor an evaluation after it has finished)."""
     where = key if key.startswith("--") else f"{config.source}: {key}"
     path = directory or "."
     try:
