@@ -3,20 +3,20 @@
 Scores EvalConfig.test_manifest with Pretrained_model (or the best checkpoint in
 CheckpointConfig.ckpt_path) and writes a JSON report to EvalConfig.save_output + '.json'.
 """
-import sys
+import os
 
-import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
-from mindaudio.config import ConfigError, parse_command_line
+from mindaudio.cli import check_writable_dir, parse_command_line, run_cli
+
+DESCRIPTION = "Evaluate DeepSpeech2: greedy or beam decoding, corpus WER and CER."
 
 
 def main(argv=None) -> int:
-    try:
-        config = parse_command_line(argv, "Evaluate DeepSpeech2: greedy decoding, corpus WER and CER.")
-        from mindaudio.evaluation import run_evaluation
-        result, report = run_evaluation(config)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config, _ = parse_command_line(argv, DESCRIPTION)
+    # Checked first: an unwritable report location must not throw away a finished evaluation.
+    check_writable_dir(os.path.dirname(os.path.abspath(config.EvalConfig.save_output)),
+                       "EvalConfig.save_output", config)
+    from mindaudio.evaluation import run_evaluation
+    result, report = run_evaluation(config)
     print(f"{result.num_utterances} utterances ({result.audio_seconds / 3600:.2f} h): "
           f"WER {result.wer:.2f}%  CER {result.cer:.2f}%")
     print(f"report: {report}")
@@ -24,4 +24,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

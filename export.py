@@ -5,21 +5,17 @@ STEM.json (inputs, outputs, labels, feature settings, check results), and checks
 exported model gives the checkpoint's logits (exit status 1 if not). --check_audio FILE uses that
 recording's features for the check instead of random ones.
 """
+import os
 import sys
 from typing import Optional, Sequence
 
-import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
-from mindaudio.config import ConfigError, build_arg_parser, config_command_line, parse_command_line
-from mindaudio.checkpoint import CheckpointError
+from mindaudio.cli import check_writable_dir, parse_command_line, run_cli
+from mindaudio.config import ConfigError, check_files
 
 DESCRIPTION = "Export DeepSpeech2 to MindIR and ONNX and check the exports against the checkpoint."
-_OWN_FLAGS = {"--checkpoint": 1, "--output": 1, "--formats": None, "--onnx_frames": 1,
-              "--check_audio": 1, "--tolerance": 1}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_arg_parser(DESCRIPTION)
+def own_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None, help="model weights (default: Pretrained_model)")
     parser.add_argument("--output", default="export/deepspeech2", help="output path stem (default: %(default)s)")
     parser.add_argument("--formats", nargs="+", default=["MINDIR", "ONNX"], choices=["MINDIR", "ONNX"],
@@ -28,28 +24,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="feature frames of the static ONNX input (default: %(default)s = 24 s)")
     parser.add_argument("--check_audio", default=None, help="audio file whose features drive the check")
     parser.add_argument("--tolerance", type=float, default=None, help="largest logit difference accepted")
-    args, rest = parser.parse_known_args(argv)
-    try:
-        config = parse_command_line(config_command_line(args, rest, single_process=True), DESCRIPTION)
-        checkpoint = args.checkpoint or config.Pretrained_model
-        if not checkpoint:
-            raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
-        from mindaudio.export import DEFAULT_TOLERANCE, ExportError, export_model
-        from mindaudio.runtime.device import setup_runtime
 
-        setup_runtime(config.runtime, config.TrainingConfig.seed)
-        features = None
-        if args.check_audio:
-            from mindaudio.data.audio import load_audio
-            from mindaudio.data.features import log_spectrogram
-            features = log_spectrogram(load_audio(args.check_audio, config.SpectConfig.sample_rate),
-                                       config.SpectConfig)
-        tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE
-        report = export_model(config, checkpoint, args.output, args.formats, args.onnx_frames,
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config, args = parse_command_line(argv, DESCRIPTION, own_arguments, single_process=True,
+                                      derived_overrides=lambda a: {"Pretrained_model": a.checkpoint}
+                                      if a.checkpoint else {})
+    if not config.Pretrained_model:
+        raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
+    check_files(config, ["Pretrained_model"])
+    check_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output", config)
+    from mindaudio.export import DEFAULT_TOLERANCE, ExportError, export_model
+    from mindaudio.runtime.device import setup_runtime
+
+    setup_runtime(config.runtime, config.TrainingConfig.seed)
+    features = None
+    if args.check_audio:
+        from mindaudio.data.audio import load_audio
+        from mindaudio.data.features import log_spectrogram
+        features = log_spectrogram(load_audio(args.check_audio, config.SpectConfig.sample_rate),
+                                   config.SpectConfig)
+    tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE
+    try:
+        report = export_model(config, config.Pretrained_model, args.output, args.formats, args.onnx_frames,
                               check_features=features, tolerance=tolerance)
-    except (ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except ExportError as err:
         print(f"export check failed: {err}", file=sys.stderr)
         return 1
@@ -62,4 +60,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

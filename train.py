@@ -2,18 +2,14 @@
 
 Data parallel: mpirun -n 8 python train.py -c deepspeech2.yaml (or msrun --worker_num=8 ...).
 """
-import sys
+from mindaudio.cli import check_writable_dir, parse_command_line, run_cli
 
-import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
-from mindaudio.config import ConfigError, parse_command_line
+DESCRIPTION = "Train DeepSpeech2 with CTC on a manifest of utterances."
 
 
 def main(argv=None) -> int:
-    try:
-        config = parse_command_line(argv, "Train DeepSpeech2 with CTC on a manifest of utterances.")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config, _ = parse_command_line(argv, DESCRIPTION)
+    check_writable_dir(config.CheckpointConfig.ckpt_path, "CheckpointConfig.ckpt_path", config)
     from mindaudio.training.trainer import train
     result = train(config)
     if not result.is_main:
@@ -29,4 +25,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

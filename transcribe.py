@@ -9,37 +9,15 @@ hotwords), which --EvalConfig.key VALUE overrides like any other key.
 """
 import json
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-import mindaudio  # noqa: F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
-from mindaudio.config import ConfigError, build_arg_parser, config_command_line, parse_command_line
-from mindaudio.checkpoint import CheckpointError
+from mindaudio.cli import CommandLineError, parse_command_line, run_cli
+from mindaudio.config import ConfigError, check_files
 
 DESCRIPTION = "Transcribe audio files with DeepSpeech2 (greedy or beam search with an n-gram LM)."
 
 
-def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Separate `--Section.key VALUE` (or `--Section.key=VALUE`) overrides from the other arguments,
-    so that override values are never taken for file names."""
-    overrides, rest = [], []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if token.startswith("--") and "." in token.split("=", 1)[0]:
-            overrides.append(token)
-            if "=" not in token and i + 1 < len(argv):
-                overrides.append(argv[i + 1])
-                i += 1
-        else:
-            rest.append(token)
-        i += 1
-    return overrides, rest
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides, rest = split_overrides(argv)
-    parser = build_arg_parser(DESCRIPTION)
+def own_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="model weights (default: Pretrained_model from the config)")
     parser.add_argument("--json", action="store_true", help="one JSON object per file, with word timings")
@@ -48,33 +26,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--context_seconds", type=float, default=2.0,
                         help="audio each chunk also sees on either side (default: %(default)s)")
     parser.add_argument("files", nargs="+", help="audio files")
-    args = parser.parse_args(rest)
-    try:
-        config = parse_command_line(config_command_line(args, overrides), DESCRIPTION)
-        checkpoint = args.checkpoint or config.Pretrained_model
-        if not checkpoint:
-            raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
-        from mindaudio.inference import build_transcriber, transcribe_files
-        from mindaudio.runtime.device import setup_runtime
 
-        setup_runtime(config.runtime, config.TrainingConfig.seed)
-        transcriber = build_transcriber(config, checkpoint, args.chunk_seconds, args.context_seconds)
-    except (ConfigError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config, args = parse_command_line(argv, DESCRIPTION, own_arguments, single_process=True,
+                                      derived_overrides=lambda a: {"Pretrained_model": a.checkpoint}
+                                      if a.checkpoint else {})
+    if not config.Pretrained_model:
+        raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
+    check_files(config, ["Pretrained_model", "EvalConfig.lm_path", "EvalConfig.lm_unigrams"])
+    from mindaudio.inference import ChunkGeometry, Failure, build_transcriber, transcribe_files
+    from mindaudio.runtime.device import setup_runtime
+
+    try:  # checked before the model is built
+        ChunkGeometry.from_seconds(config.SpectConfig, args.chunk_seconds, args.context_seconds)
+    except ValueError as err:
+        raise CommandLineError(f"--{err}") from None
+
+    # stdout carries only transcripts (one line or JSON object per file): the device line goes to stderr.
+    setup_runtime(config.runtime, config.TrainingConfig.seed, log=lambda line: print(line, file=sys.stderr))
+    transcriber = build_transcriber(config, config.Pretrained_model, args.chunk_seconds, args.context_seconds)
     failures = 0
     for result in transcribe_files(transcriber, args.files):
-        if hasattr(result, "error"):
+        if isinstance(result, Failure):
             failures += 1
             print(f"error: {result.error}", file=sys.stderr)
-            if args.json:
-                print(json.dumps(result.as_dict()), flush=True)
-        elif args.json:
+        if args.json:
             print(json.dumps(result.as_dict()), flush=True)
-        else:
+        elif not isinstance(result, Failure):
             print(f"{result.path}\t{result.text}", flush=True)
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -1,14 +1,16 @@
-"""Typed configuration: `deepspeech2.yaml` loaded into dataclasses and validated once.
+"""Typed configuration: `deepspeech2.yaml` loaded into dataclasses, with types and ranges checked.
 
-The yaml keeps the original MindAudio sections and keys. Every key can be overridden on the
-command line as `--Section.key value` (e.g. `--EvalConfig.test_manifest m.json`); the original's
-flags (`--device_target`, `--device_id`, `--mode`, `--is_distributed`, `--pre_trained_model_path`)
-still work. Anything wrong (an unknown key, a wrong type, a missing file) raises one `ConfigError`
-naming the key and the yaml file.
+The yaml keeps the original MindAudio sections and keys. `load_config` applies overrides given as
+a mapping `{"Section.key": value}`; turning a command line into that mapping is `mindaudio.cli`'s
+job. Anything wrong (an unknown key, a wrong type, a value out of range, a missing file) raises one
+`ConfigError` naming the key and the yaml file.
+
+This is the bottom layer: it imports nothing else of the project. Rules owned by other code (window
+names, labels, noise files, the model's frame geometry) are checked by asking their owners, from
+the command-line layer (`mindaudio.cli`) or `mindaudio.data.rules`.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import os
@@ -181,9 +183,12 @@ class EvalConfig:
 
 @dataclass
 class RuntimeConfig:
-    """Command-line-only settings (the original's flags); not a yaml section."""
-    device_target: str = "CPU"
+    """Where and how MindSpore runs. The yaml section `RuntimeConfig` (optional; `Config.runtime` in
+    code); the original's flags `--device_target`, `--device_id`, `--mode`, `--is_distributed` set it."""
+    # 'auto': Ascend when MindSpore can use one, else GPU, else CPU (see mindaudio/runtime/device.py).
+    device_target: str = "auto"
     device_id: int = 0
+    # GRAPH or PYNATIVE; the original's 0 (GRAPH_MODE) and 1 (PYNATIVE_MODE) are accepted too.
     mode: str = "GRAPH"
     is_distributed: bool = False
 
@@ -208,12 +213,19 @@ class Config:
     source: str = "<defaults>"
 
 
-# Config fields that name input files which must exist when set.
+# The yaml name of a section whose `Config` attribute is named differently.
+_SECTION_ATTRIBUTES = {"RuntimeConfig": "runtime"}
+_ATTRIBUTE_SECTIONS = {attribute: section for section, attribute in _SECTION_ATTRIBUTES.items()}
+
+DEVICE_TARGETS = ("auto", "CPU", "GPU", "Ascend")
+# The original's `--mode` took MindSpore's integer constants: GRAPH_MODE = 0, PYNATIVE_MODE = 1.
+MODES = ("GRAPH", "PYNATIVE")
+
 _CHOICES = {
     "ModelConfig.rnn_type": ("LSTM",),
     "EvalConfig.decoder_type": ("greedy", "beam"),
-    "runtime.device_target": ("CPU", "GPU", "Ascend"),
-    "runtime.mode": ("GRAPH", "PYNATIVE"),
+    "RuntimeConfig.device_target": DEVICE_TARGETS,
+    "RuntimeConfig.mode": MODES,
 }
 
 
@@ -293,7 +305,8 @@ def config_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     hints = typing.get_type_hints(Config)
-    known = {f.name for f in dataclasses.fields(Config)} - {"source"}
+    attributes = {f.name for f in dataclasses.fields(Config)} - {"source"}
+    known = {_ATTRIBUTE_SECTIONS.get(name, name) for name in attributes}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; "
@@ -303,16 +316,31 @@ def config_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Config:
         for name in known:
             if name not in data:
                 continue
-            tp = hints[name]
+            attribute = _SECTION_ATTRIBUTES.get(name, name)
+            tp = hints[attribute]
+            value = data[name]
+            if tp is RuntimeConfig and isinstance(value, dict) and "mode" in value:
+                value = dict(value, mode=_mode_name(value["mode"]))
             if dataclasses.is_dataclass(tp):
-                kwargs[name] = _build_section(tp, data[name], name)
+                kwargs[attribute] = _build_section(tp, value, name)
             else:
-                kwargs[name] = _coerce(data[name] if data[name] is not None else "", tp, name)
+                kwargs[attribute] = _coerce(value if value is not None else "", tp, name)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     config = Config(**kwargs)
     validate(config)
     return config
+
+
+def _mode_name(value: Any) -> Any:
+    """The original's integer modes as names: 0 -> 'GRAPH', 1 -> 'PYNATIVE'; anything else as is."""
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1, "0", "1"):
+        return MODES[int(value)]
+    if isinstance(value, int):
+        raise ConfigError(f"RuntimeConfig.mode: must be one of GRAPH (0), PYNATIVE (1), got {value}")
+    return value
 
 
 def _require(cond: bool, config: Config, key: str, message: str) -> None:
@@ -321,7 +349,9 @@ def _require(cond: bool, config: Config, key: str, message: str) -> None:
 
 
 def validate(config: Config) -> None:
-    """Value checks that types alone cannot express. Missing files are checked by `check_files`."""
+    """Ranges and choices that types alone cannot express. Missing files are checked by `check_files`;
+    rules owned by the data layer or the model (window names, labels, noise files, frame geometry)
+    by `mindaudio.cli` through their owners."""
     t, s, m, o, c, e = (config.TrainingConfig, config.SpectConfig, config.ModelConfig,
                         config.OptimConfig, config.CheckpointConfig, config.EvalConfig)
     _require(t.epochs >= 1, config, "TrainingConfig.epochs", f"must be >= 1, got {t.epochs}")
@@ -336,16 +366,15 @@ def validate(config: Config) -> None:
     _require(s.sample_rate > 0, config, "SpectConfig.sample_rate", "must be > 0")
     _require(0 < s.window_stride <= s.window_size, config, "SpectConfig.window_stride",
              "must be > 0 and <= window_size")
-    _require(s.window in ("hamming", "hann", "hanning", "blackman", "bartlett"), config,
-             "SpectConfig.window", f"unknown window {s.window!r}")
     _require(s.log_magnitude in ("log1p", "log"), config, "SpectConfig.log_magnitude",
              f"must be 'log1p' or 'log', got {s.log_magnitude!r}")
     _require(s.log_magnitude == "log1p" or not s.original_compat, config, "SpectConfig.log_magnitude",
              "'log' needs SpectConfig.original_compat: False (the original's features use log1p)")
     for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = _get(config, key)
         _require(value in choices, config, key, f"must be one of {', '.join(choices)}, got {value!r}")
+    _require(config.runtime.device_id >= 0, config, "RuntimeConfig.device_id",
+             f"must be >= 0, got {config.runtime.device_id}")
     _require(m.hidden_size >= 1 and m.hidden_layers >= 1, config, "ModelConfig",
              "hidden_size and hidden_layers must be >= 1")
     _require(o.learning_rate > 0, config, "OptimConfig.learning_rate", "must be > 0")
@@ -362,12 +391,6 @@ def validate(config: Config) -> None:
     for key, frames in (("TrainingConfig.fixed_frames", t.fixed_frames),
                         ("EvalConfig.fixed_frames", e.fixed_frames)):
         _require(frames >= 0, config, key, f"must be >= 0 (0 = length buckets), got {frames}")
-    labels = config.labels
-    _require(len(labels) == len(set(labels)), config, "labels", "contains duplicates")
-    _require(all(isinstance(x, str) and len(x) == 1 for x in labels), config, "labels",
-             "every label must be one character")
-    _require(bool(labels) and labels[-1] == "_", config, "labels",
-             "the CTC blank '_' must be the last label")
     _validate_augmentation(config)
 
 
@@ -386,14 +409,6 @@ def _validate_augmentation(config: Config) -> None:
         _require(value >= 0, config, key + name, f"must be >= 0, got {value}")
     _require(0.0 < a.time_mask_max_fraction <= 1.0, config, key + "time_mask_max_fraction",
              f"must be in (0, 1], got {a.time_mask_max_fraction}")
-    if a.noise_dir and a.noise_prob > 0:
-        # Imported here: the augmentation module reads audio, which plain config use never needs.
-        from mindaudio.data.augment import AugmentError, list_noise_files
-        try:
-            list_noise_files(a.noise_dir)
-        except AugmentError as err:
-            raise ConfigError(f"{config.source}: {key}noise_dir: {err} (noise is on because noise_dir is "
-                              f"set and noise_prob is {a.noise_prob})") from None
 
 
 # Keys whose value may be an http(s) URL instead of a file.
@@ -402,120 +417,80 @@ URL_KEYS = ("Pretrained_model", "CheckpointConfig.resume_from")
 
 def check_files(config: Config, keys: Sequence[str]) -> None:
     """Raise `ConfigError` naming the key when one of `keys` (e.g. 'EvalConfig.test_manifest') is set
-    to a path that does not exist."""
+    to a path that does not exist or is a directory."""
     for key in keys:
         value = _get(config, key)
         if key in URL_KEYS and isinstance(value, str) and value.lower().startswith(("http://", "https://")):
             continue  # fetched by mindaudio.checkpoint, which names the URL if that fails
+        if value and os.path.isdir(value):
+            raise ConfigError(f"{config.source}: {key}: is a directory, not a file: {value}")
         if value and not os.path.exists(value):
             raise ConfigError(f"{config.source}: {key}: file not found: {value}")
 
 
 def _get(config: Config, key: str) -> Any:
+    """The value of a dotted yaml key ('EvalConfig.alpha', 'RuntimeConfig.mode', 'labels')."""
     obj: Any = config
     for part in key.split("."):
-        obj = getattr(obj, part)
+        obj = getattr(obj, _SECTION_ATTRIBUTES.get(part, part))
     return obj
 
 
-def load_config(path: str, overrides: Optional[Dict[str, str]] = None) -> Config:
-    """Read the yaml at `path`, apply `--Section.key value` overrides, validate once.
+def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None) -> Config:
+    """Read the yaml at `path`, apply `overrides`, validate once.
 
-    Override values are parsed as yaml scalars/lists (`--TrainingConfig.epochs 3`,
-    `--labels "['A', '_']"`), so they get the same type checks as the file.
+    overrides: {"Section.key" or "key": value}, e.g. {"TrainingConfig.epochs": "3"}. String values
+    are read as yaml scalars or lists ("3", "['A', '_']"), so they get the same type checks as the
+    file; the empty string means the empty string. path None: no yaml, the defaults.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid yaml: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    data = _read_yaml(path) if path is not None else {}
+    source = path if path is not None else "<defaults>"
     for key, raw in (overrides or {}).items():
         parts = key.split(".")
-        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        value = _override_value(key, raw)
         if len(parts) == 1:
             data[parts[0]] = value
         elif len(parts) == 2:
-            section = data.setdefault(parts[0], {})
+            if data.get(parts[0]) is None:  # absent, or an empty section in the yaml
+                data[parts[0]] = {}
+            section = data[parts[0]]
             if not isinstance(section, dict):
-                raise ConfigError(f"{path}: {parts[0]} is not a section, cannot set {key}")
+                raise ConfigError(f"{source}: {parts[0]} is not a section, cannot set {key}")
             section[parts[1]] = value
         else:
             raise ConfigError(f"override --{key}: expected --Section.key or --key")
-    return config_from_dict(data, source=path)
+    return config_from_dict(data, source=source)
 
 
-def build_arg_parser(description: str) -> argparse.ArgumentParser:
-    """The command line shared by train.py and eval.py: the original's flags plus `-c`."""
-    parser = argparse.ArgumentParser(
-        description=description,
-        epilog="Any yaml key can be overridden as --Section.key VALUE, e.g. --TrainingConfig.epochs 3.")
-    parser.add_argument("-c", "--config", default="deepspeech2.yaml", help="yaml config (default: %(default)s)")
-    parser.add_argument("--device_target", default=None, choices=("CPU", "GPU", "Ascend"))
-    parser.add_argument("--device_id", type=int, default=None)
-    parser.add_argument("--mode", default=None, choices=("GRAPH", "PYNATIVE"))
-    parser.add_argument("--is_distributed", default=None, nargs="?", const="true",
-                        help="data-parallel training (detected automatically under mpirun/msrun)")
-    parser.add_argument("--pre_trained_model_path", default=None,
-                        help="checkpoint whose weights to load (overrides Pretrained_model)")
-    return parser
+def _read_yaml(path: str) -> Dict[str, Any]:
+    """The yaml file's top-level mapping; ConfigError naming the file when it cannot be read."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config file is a directory: {path}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid yaml: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
 
 
-# The original's flags as `build_arg_parser` stores them (argparse destinations).
-ORIGINAL_FLAGS = ("device_target", "device_id", "mode", "is_distributed", "pre_trained_model_path")
+def _override_value(key: str, raw: Any) -> Any:
+    """An override's value: a string is read as a yaml scalar or list, so it gets the same type
+    checks as the file; the empty string stays the empty string (yaml would read it as null)."""
+    if not isinstance(raw, str):
+        return raw
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"override --{key}: cannot read {raw!r} as a value") from None
 
-
-def config_command_line(args: argparse.Namespace, overrides: Sequence[str] = (),
-                        single_process: bool = False) -> List[str]:
-    """The arguments for `parse_command_line` that rebuild the config a command was given:
-    `-c CONFIG`, then `overrides` (`--Section.key VALUE` tokens), then each original flag set.
-
-    args: parsed by a `build_arg_parser` parser that the command extended with flags of its own
-    (those are left out). single_process: leave out `--is_distributed`, as export.py and
-    scripts/tune_lm.py always have (they run in one process).
-    """
-    argv = ["-c", args.config, *overrides]
-    for flag in ORIGINAL_FLAGS:
-        value = getattr(args, flag)
-        if value is not None and not (single_process and flag == "is_distributed"):
-            argv += [f"--{flag}", str(value)]
-    return argv
-
-
-def parse_command_line(argv: Optional[Sequence[str]], description: str) -> Config:
-    """Parse the original's flags, `-c`, and `--Section.key value` overrides into a validated Config."""
-    parser = build_arg_parser(description)
-    args, rest = parser.parse_known_args(argv)
-    overrides: Dict[str, str] = {}
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        if not token.startswith("--") or token == "--":
-            parser.error(f"unexpected argument {token!r}")
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-        else:
-            if i + 1 >= len(rest):
-                parser.error(f"--{key} needs a value")
-            i += 1
-            value = rest[i]
-        overrides[key] = value
-        i += 1
-    if args.pre_trained_model_path is not None:
-        overrides["Pretrained_model"] = args.pre_trained_model_path
-    config = load_config(args.config, overrides)
-    runtime = config.runtime
-    if args.device_target is not None:
-        runtime.device_target = args.device_target
-    if args.device_id is not None:
-        runtime.device_id = args.device_id
-    if args.mode is not None:
-        runtime.mode = args.mode
-    if args.is_distributed is not None:
-        runtime.is_distributed = _coerce(args.is_distributed, bool, "--is_distributed")
-    validate(config)
-    return config

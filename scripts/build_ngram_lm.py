@@ -8,37 +8,30 @@ Words are upper-cased and characters outside the config's labels removed, as the
 spells them. The estimate is interpolated modified Kneser-Ney (see mindaudio/decoding/ngram.py).
 Use the result as EvalConfig.lm_path with EvalConfig.decoder_type 'beam'.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mindaudio.config import ConfigError, load_config  # noqa: E402
-from mindaudio.decoding.ngram import NgramError, build_arpa  # noqa: E402
+from mindaudio.cli import parse_command_line, run_cli  # noqa: E402
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def own_arguments(parser) -> None:
     parser.add_argument("text", help="UTF-8 text, one sentence a line")
     parser.add_argument("arpa", help="output ARPA file")
     parser.add_argument("--order", type=int, default=3, help="n-gram order (default: %(default)s)")
-    parser.add_argument("-c", "--config", default=None,
-                        help="yaml whose labels define the alphabet (default: the original's 29 labels)")
-    args = parser.parse_args(argv)
-    try:
-        if args.config:
-            labels = load_config(args.config).labels
-        else:
-            from mindaudio.config import DEFAULT_LABELS
-            labels = DEFAULT_LABELS
-        alphabet = [label for label in labels[:-1] if label != " "]  # the last label is the blank
-        start = time.perf_counter()
-        summary = build_arpa(args.text, args.arpa, order=args.order, alphabet=alphabet, progress=True)
-    except (ConfigError, NgramError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+
+def main(argv=None) -> int:
+    # The config only supplies the labels (the alphabet): without -c, the original's 29.
+    config, args = parse_command_line(argv, __doc__, own_arguments, single_process=True, runs_model=False,
+                                      config_default=None)
+    from mindaudio.decoding.ngram import build_arpa
+
+    alphabet = [label for label in config.labels[:-1] if label != " "]  # the last label is the blank
+    start = time.perf_counter()
+    summary = build_arpa(args.text, args.arpa, order=args.order, alphabet=alphabet, progress=True)
     print(summary.describe())
     print("discounts D1, D2, D3+ per order: "
           + "; ".join(", ".join(f"{d:.3f}" for d in ds) for ds in summary.discounts))
@@ -47,4 +40,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -7,17 +7,17 @@ checkpoint) and evaluates after each round, until the CER target or --max_epochs
 
     python scripts/overfit_librispeech_mini.py [--work_dir runs/overfit] [--target_cer 10]
 """
-import argparse
 import json
 import os
 import sys
 import time
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import mindaudio  # noqa: E402,F401  (before mindspore)
+from mindaudio.cli import ArgumentParser, run_cli  # noqa: E402  (first: sets MindSpore's log level before it loads)
 from mindaudio.config import config_from_dict  # noqa: E402
 from mindaudio.data.librispeech import extracted_utterances  # noqa: E402
 from mindaudio.data.manifest import write_manifest_with_transcripts  # noqa: E402
@@ -26,7 +26,7 @@ from mindaudio.training.trainer import Trainer  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--shared_dir", default=str(REPO.parent / "shared"))
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "overfit"))
     parser.add_argument("--hidden_size", type=int, default=256)
@@ -74,4 +74,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -10,7 +10,6 @@ SNR of the added noise, mask spans), so the picture can be checked against the c
     python scripts/plot_augmentation.py --audio FILE.flac [-c deepspeech2.yaml] [--noise_dir DIR]
         [--snr DB] [--seed 0] [--out docs/augmentation.png]
 """
-import argparse
 import math
 import os
 import sys
@@ -20,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from mindaudio.config import load_config  # noqa: E402
+from mindaudio.cli import parse_command_line, run_cli  # noqa: E402
 from mindaudio.data.audio import load_audio  # noqa: E402
 from mindaudio.data.augment import (NoiseBank, SpecAugmentPolicy, apply_gain, apply_masks,  # noqa: E402
                                     draw_masks, mix_at_snr, rms, snr_of_noise_level, speed_perturb)
@@ -109,18 +108,18 @@ def plot(rows, config, out_path, seed):
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def own_arguments(parser) -> None:
     parser.add_argument("--audio", required=True, help="a speech recording (any soundfile format)")
-    parser.add_argument("-c", "--config", default="deepspeech2.yaml",
-                        help="yaml whose SpectConfig and AugmentationConfig to show (default: %(default)s)")
     parser.add_argument("--noise_dir", default=None,
                         help="WAV/FLAC noise files (default: AugmentationConfig.noise_dir; none: no noise row)")
     parser.add_argument("--snr", type=float, default=None, help="SNR in dB (default: that of noise_max)")
     parser.add_argument("--seed", type=int, default=0, help="draws the noise segment and the masks")
     parser.add_argument("--out", default="docs/augmentation.png")
-    args = parser.parse_args(argv)
-    config = load_config(args.config)
+
+
+def main(argv=None) -> int:
+    # -c: the yaml whose SpectConfig and AugmentationConfig to show.
+    config, args = parse_command_line(argv, __doc__, own_arguments, single_process=True, runs_model=False)
     signal = load_audio(args.audio, config.SpectConfig.sample_rate)
     noise_dir = args.noise_dir if args.noise_dir is not None else config.AugmentationConfig.noise_dir
     rows = panels(signal, config, noise_dir, args.snr, args.seed)
@@ -132,4 +131,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -22,10 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mindaudio  # noqa: E402,F401  (must precede mindspore)
-from mindaudio.config import (ConfigError, build_arg_parser, config_command_line,  # noqa: E402
-                              parse_command_line)
-from mindaudio.checkpoint import CheckpointError  # noqa: E402
+from mindaudio.cli import check_writable_dir, parse_command_line, run_cli  # noqa: E402  (first: it quietens MindSpore's log)
+from mindaudio.config import ConfigError, check_files  # noqa: E402
 
 DESCRIPTION = "Grid-search alpha and beta of the beam decoder with an n-gram LM on a validation manifest."
 
@@ -113,9 +111,7 @@ def best_row(rows: Sequence[dict]) -> dict:
     return min(rows, key=lambda r: (round(r["wer"], 6), round(r["cer"], 6), r["alpha"], r["beta"]))
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_arg_parser(DESCRIPTION)
+def own_arguments(parser) -> None:
     parser.add_argument("--lm", default=None, help="ARPA or KenLM binary (default: EvalConfig.lm_path)")
     parser.add_argument("--manifest", default=None, help="validation manifest (default: TrainingConfig.val_manifest)")
     parser.add_argument("--checkpoint", default=None,
@@ -125,36 +121,44 @@ def main(argv=None) -> int:
     parser.add_argument("--beam_width", type=int, default=None, help="default: EvalConfig.beam_width")
     parser.add_argument("--output", default="lm_tuning.json")
     parser.add_argument("--cache", default=None, help="log-probability cache (default: OUTPUT with .npz)")
-    args, rest = parser.parse_known_args(argv)
-    try:
-        overrides = ["--EvalConfig.decoder_type", "beam"]
-        if args.lm:
-            overrides += ["--EvalConfig.lm_path", args.lm]
-        if args.beam_width:
-            overrides += ["--EvalConfig.beam_width", str(args.beam_width)]
-        config = parse_command_line(config_command_line(args, rest, single_process=True) + overrides,
-                                    DESCRIPTION)
-        if not config.EvalConfig.lm_path:
-            raise ConfigError(f"{config.source}: EvalConfig.lm_path: no language model to tune; give --lm")
-        manifest = args.manifest or config.TrainingConfig.val_manifest
-        if not manifest or not os.path.isfile(manifest):
-            raise ConfigError(f"{config.source}: TrainingConfig.val_manifest: validation manifest not found: "
-                              f"{manifest!r} (give --manifest)")
-        from mindaudio.decoding.beam import BeamSearchDecoder
-        from mindaudio.decoding.decoder import GreedyDecoder
-        from mindaudio.evaluation import checkpoint_to_evaluate
-        from mindaudio.metrics import char_error_rate, word_error_rate
-        from mindaudio.runtime.device import setup_runtime
 
-        checkpoint = args.checkpoint or checkpoint_to_evaluate(config)
-        setup_runtime(config.runtime, config.TrainingConfig.seed)
-        decoder = BeamSearchDecoder.from_config(config, len(config.labels) - 1)
-    except (ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+def config_keys_of_flags(args) -> dict:
+    """The EvalConfig keys this script's flags set: it always tunes the beam decoder."""
+    keys = {"EvalConfig.decoder_type": "beam"}
+    if args.lm:
+        keys["EvalConfig.lm_path"] = args.lm
+    if args.beam_width is not None:
+        keys["EvalConfig.beam_width"] = args.beam_width
+    if args.manifest:
+        keys["TrainingConfig.val_manifest"] = args.manifest
+    if args.checkpoint:
+        keys["Pretrained_model"] = args.checkpoint
+    return keys
+
+
+def main(argv=None) -> int:
+    config, args = parse_command_line(argv, DESCRIPTION, own_arguments, single_process=True,
+                                      derived_overrides=config_keys_of_flags)
+    if not config.EvalConfig.lm_path:
+        raise ConfigError(f"{config.source}: EvalConfig.lm_path: no language model to tune; give --lm")
+    manifest = config.TrainingConfig.val_manifest
+    if not manifest:
+        raise ConfigError(f"{config.source}: TrainingConfig.val_manifest: no validation manifest (give --manifest)")
+    check_files(config, ["TrainingConfig.val_manifest", "Pretrained_model", "EvalConfig.lm_path",
+                         "EvalConfig.lm_unigrams"])
+    from mindaudio.decoding.beam import BeamSearchDecoder
+    from mindaudio.decoding.decoder import GreedyDecoder
+    from mindaudio.evaluation import checkpoint_to_evaluate
+    from mindaudio.metrics import char_error_rate, word_error_rate
+    from mindaudio.runtime.device import setup_runtime
+
+    checkpoint = checkpoint_to_evaluate(config)
     output = args.output if args.output.endswith(".json") else args.output + ".json"
+    check_writable_dir(os.path.dirname(os.path.abspath(output)), "--output", config)
+    setup_runtime(config.runtime, config.TrainingConfig.seed)
+    decoder = BeamSearchDecoder.from_config(config, len(config.labels) - 1)
     cache = args.cache or output[: -len(".json")] + ".npz"
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     log_probs, references, _ = load_or_collect(config, checkpoint, manifest, cache)
     greedy = GreedyDecoder(config.labels, len(config.labels) - 1)
     greedy_hyps = [greedy.decode(lp).text for lp in log_probs]
@@ -186,4 +190,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -15,6 +15,7 @@ from mindaudio.data.augment import (AugmentError, Augmentation, NoiseBank, SpecA
 from mindaudio.data.dataset import (DatasetError, PaddedBatchSource, bucket_frames, build_dataset,
                                     load_split, make_sampler)
 from mindaudio.data.features import log_spectrogram, num_frames
+from mindaudio.data.rules import check_data_config
 from mindaudio.data.librispeech import extracted_utterances
 from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.data.sampler import Batch
@@ -276,12 +277,12 @@ def test_missing_or_empty_noise_dir_is_an_error_naming_the_key(manifest, tmp_pat
         data = small_config_dict(manifest, tmp_path / "ckpt",
                                  AugmentationConfig={"noise_dir": str(directory), "noise_prob": 0.4})
         with pytest.raises(ConfigError, match="AugmentationConfig.noise_dir"):
-            config_from_dict(data, source="aug.yaml")
+            check_data_config(config_from_dict(data, source="aug.yaml"))
         with pytest.raises(AugmentError, match=str(directory)):
             list_noise_files(str(directory))
     # Off (noise_prob 0): the directory is not needed.
-    config_from_dict(small_config_dict(manifest, tmp_path / "ckpt", AugmentationConfig={
-        "noise_dir": str(tmp_path / "missing"), "noise_prob": 0.0}))
+    check_data_config(config_from_dict(small_config_dict(manifest, tmp_path / "ckpt", AugmentationConfig={
+        "noise_dir": str(tmp_path / "missing"), "noise_prob": 0.0})))
 
 
 @pytest.mark.parametrize("keys, bad", [

@@ -8,7 +8,8 @@ import soundfile
 
 import mindspore as ms
 
-from mindaudio.config import ConfigError, config_from_dict, load_config, parse_command_line
+from mindaudio.cli import parse_command_line
+from mindaudio.config import ConfigError, config_from_dict, load_config
 from mindaudio.data.dataset import PaddedBatchSource, load_split, make_sampler
 from mindaudio.data.features import log_spectrogram
 from mindaudio.models.deepspeech2 import output_length
@@ -55,7 +56,7 @@ def test_defaults_are_ours_and_the_yaml_documents_the_compat_keys(repo_root):
 
 
 def test_compat_flags_select_the_original_scheme(repo_root):
-    config = parse_command_line(["-c", str(repo_root / "deepspeech2.yaml")] + COMPAT_FLAGS, "test")
+    config, _ = parse_command_line(["-c", str(repo_root / "deepspeech2.yaml")] + COMPAT_FLAGS, "test")
     assert (config.TrainingConfig.fixed_frames, config.EvalConfig.fixed_frames) == (1250, 3500)
     assert config.ModelConfig.masked is False
     model = build_model(config, batch_size=1, seed=0)

@@ -1,0 +1,245 @@
+"""The command line of every entry point: one parse of argv into (Config, own flags), one error wrapper.
+
+Each entry point (train.py, eval.py, transcribe.py, export.py, scripts/*.py) declares the flags of
+its own with `own_arguments` and calls `parse_command_line`, which returns the validated Config
+(the yaml given by `-c`, then the `--Section.key VALUE` overrides, then the original's flags
+`--device_target`, `--device_id`, `--mode`, `--is_distributed`, `--pre_trained_model_path`) and
+the entry point's own namespace. `run_cli(main)` runs the entry point: a `UserError` (a mistake the
+user can fix: a missing file, an unknown key, a bad value, an unusable device) ends in one line
+`error: <message>` on stderr and exit status 2, Ctrl-C in one line and 130; anything else is a bug
+and keeps its traceback.
+
+Exit statuses: 0 success, 1 the work ran but part of it failed (transcribe.py: a file could not be
+transcribed; export.py: an export does not match the checkpoint), 2 a user mistake, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+# MindSpore logs every graph-compiler warning to stderr by default (GLOG_v=2), which buries the
+# progress bars and the one-line errors; the command lines show MindSpore's errors only unless the
+# user asked for more. Set before anything imports mindspore; the library itself leaves it alone.
+os.environ.setdefault("GLOG_v", "3")
+
+import mindaudio  # noqa: E402,F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
+from mindaudio.config import Config, ConfigError, UserError, load_config  # noqa: E402
+
+DEFAULT_CONFIG = "deepspeech2.yaml"
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# The original's flags and the keys they set (argparse destination -> "Section.key").
+ORIGINAL_FLAGS = {
+    "device_target": "RuntimeConfig.device_target",
+    "device_id": "RuntimeConfig.device_id",
+    "mode": "RuntimeConfig.mode",
+    "is_distributed": "RuntimeConfig.is_distributed",
+    "pre_trained_model_path": "Pretrained_model",
+}
+
+
+class CommandLineError(UserError):
+    """A command line argparse cannot read (unknown flag, missing value, bad number)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors raised as `CommandLineError` so they end like every other mistake
+    (for scripts with no config; the others get theirs from `build_parser`)."""
+
+    def error(self, message: str):  # noqa: D401  (argparse's hook)
+        raise CommandLineError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+OwnArguments = Callable[[argparse.ArgumentParser], None]
+
+
+def build_parser(description: str, own_arguments: Optional[OwnArguments] = None,
+                 single_process: bool = False, config_default: Optional[str] = DEFAULT_CONFIG
+                 ) -> argparse.ArgumentParser:
+    """`-c`, the original's flags, and the entry point's own flags (added by `own_arguments`).
+
+    single_process: no `--is_distributed` (export.py, transcribe.py and scripts run in one process).
+    config_default: the yaml when `-c` is not given; None: no yaml, the built-in defaults.
+    """
+    parser = ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any yaml key can be set as --Section.key VALUE (e.g. --TrainingConfig.epochs 3, "
+               "--CheckpointConfig.resume_from ''), or --key VALUE for a top-level key (--labels, "
+               "--Pretrained_model, --drop_apostrophes).")
+    parser.add_argument("-c", "--config", default=config_default,
+                        help="yaml config (default: %s)" % (config_default or "none: the built-in defaults"))
+    original = parser.add_argument_group("the original's flags")
+    original.add_argument("--device_target", default=None, metavar="{auto,CPU,GPU,Ascend}",
+                          help="sets RuntimeConfig.device_target; auto (the default): Ascend, else GPU, else CPU")
+    original.add_argument("--device_id", default=None, metavar="N", help="device number (ignored on CPU)")
+    original.add_argument("--mode", default=None, metavar="{GRAPH,PYNATIVE,0,1}",
+                          help="GRAPH (0, the default) or PYNATIVE (1)")
+    if not single_process:
+        original.add_argument("--is_distributed", default=None, nargs="?", const="true", metavar="{true,false}",
+                              help="data-parallel training (detected automatically under mpirun/msrun)")
+    original.add_argument("--pre_trained_model_path", default=None, metavar="CKPT",
+                          help="checkpoint whose weights to load (sets Pretrained_model)")
+    if own_arguments is not None:
+        own_arguments(parser)
+    return parser
+
+
+def _top_level_keys() -> Tuple[str, ...]:
+    """Config keys outside any section (`Pretrained_model`, `labels`, ...), settable as --key VALUE."""
+    hints = typing.get_type_hints(Config)
+    return tuple(name for name, tp in hints.items() if name != "source" and not dataclasses.is_dataclass(tp))
+
+
+def split_overrides(argv: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
+    """Take the config overrides out of `argv`: `--Section.key VALUE`, `--Section.key=VALUE`, and
+    `--key VALUE` for a top-level key. Returns ({"Section.key": "VALUE"}, the other arguments).
+
+    Done before argparse sees the rest, so an override's value is never taken for an entry point's
+    positional argument (transcribe.py's files). VALUE may be empty (`--EvalConfig.lm_path ''`).
+    """
+    top_level = set(_top_level_keys())
+    overrides: Dict[str, str] = {}
+    rest: List[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name = token[2:].split("=", 1)[0] if token.startswith("--") else ""
+        if name and ("." in name or name in top_level):
+            if "=" in token:
+                value = token.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            else:
+                raise CommandLineError(f"--{name} needs a value (use --{name} '' for the empty string)")
+            overrides[name] = value
+        else:
+            rest.append(token)
+        i += 1
+    return overrides, rest
+
+
+def parse_command_line(argv: Optional[Sequence[str]], description: str,
+                       own_arguments: Optional[OwnArguments] = None, *,
+                       derived_overrides: Optional[Callable[[argparse.Namespace], Dict[str, Any]]] = None,
+                       single_process: bool = False, runs_model: bool = True,
+                       config_default: Optional[str] = DEFAULT_CONFIG) -> Tuple[Config, argparse.Namespace]:
+    """Parse `argv` (default: sys.argv[1:]) once into the validated Config and the entry point's namespace.
+
+    own_arguments: adds the entry point's own flags to the parser.
+    derived_overrides: config keys set by the entry point's own flags ({"EvalConfig.lm_path": ...}
+    from tune_lm's --lm); applied after the command line's overrides.
+    runs_model: also check what the model and MindSpore need (frame geometry, device), before any
+    work starts; False for commands that only read the config (build_ngram_lm.py).
+    config_default: the yaml read when `-c` is not given (None: the built-in defaults).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, rest = split_overrides(argv)
+    parser = build_parser(description, own_arguments, single_process, config_default)
+    args = parser.parse_intermixed_args(rest)
+    for flag, key in ORIGINAL_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    if derived_overrides is not None:
+        overrides.update(derived_overrides(args))
+    config = load_config(args.config, overrides)
+    check_config(config, runs_model=runs_model)
+    return config, args
+
+
+def check_config(config: Config, runs_model: bool = True) -> None:
+    """The checks whose rules live above `mindaudio.config`, asked of their owners: the data layer's
+    (window names, labels, noise files), the model's frame geometry and the device."""
+    from mindaudio.data.rules import check_data_config
+
+    check_data_config(config)
+    if runs_model:
+        check_frame_geometry(config)
+        from mindaudio.runtime.device import choose_device
+
+        choose_device(config.runtime.device_target)
+
+
+def check_frame_geometry(config: Config) -> None:
+    """ConfigError naming SpectConfig's key when its sample rate and window give no usable frames:
+    the features need a whole FFT window and hop (features.fft_size, hop_size) and the model's
+    convolutions at least one frequency bin out (deepspeech2.rnn_input_size)."""
+    from mindaudio.data.features import fft_size, hop_size
+    from mindaudio.models.deepspeech2 import rnn_input_size
+
+    spect = config.SpectConfig
+    for key, size in (("window_size", fft_size), ("window_stride", hop_size)):
+        try:
+            size(spect)
+        except ValueError as err:
+            raise ConfigError(f"{config.source}: SpectConfig.sample_rate: {spect.sample_rate} Hz is too low for "
+                              f"SpectConfig.{key} {getattr(spect, key)} s: {err}") from None
+    if rnn_input_size(spect.sample_rate, spect.window_size) <= 0:
+        raise ConfigError(f"{config.source}: SpectConfig.sample_rate: {spect.sample_rate} Hz with a "
+                          f"{spect.window_size} s window leaves the model's convolutions no frequency bin")
+
+
+def check_writable_dir(directory: str, key: str, config: Config) -> None:
+    """ConfigError naming `key` (a config key, or a flag like '--output') unless `directory` exists
+    or can be created, and a file can be written and removed in it. Run before any work, so a run
+    never fails at its first write (nor an evaluation after it has finished)."""
+    where = key if key.startswith("--") else f"{config.source}: {key}"
+    path = directory or "."
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{where}: {path} exists and is not a directory") from None
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot create the directory {path}: {err.strerror}") from None
+    if not os.path.isdir(path):
+        raise ConfigError(f"{where}: {path} is not a directory")
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"x")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot write in {path}: {err.strerror}") from None
+
+
+def one_line(message: str) -> str:
+    """`message` on one line (yaml's and MindSpore's messages span several)."""
+    return " | ".join(line.strip() for line in str(message).splitlines() if line.strip()) or "(no message)"
+
+
+# Project errors whose classes did not derive from UserError yet when this was written (their
+# modules' owners are rebasing them). Treated as user errors meanwhile; delete this set, and the
+# test in `_is_user_error`, once every one of them subclasses UserError.
+_NOT_YET_USER_ERRORS = frozenset({"CheckpointError", "NgramError", "ManifestError", "DatasetError", "AudioError",
+                                  "AugmentError", "SamplerError", "LaunchError"})
+
+
+def _is_user_error(err: BaseException) -> bool:
+    if isinstance(err, UserError):
+        return True
+    return type(err).__module__.startswith("mindaudio.") and any(
+        cls.__name__ in _NOT_YET_USER_ERRORS for cls in type(err).__mro__)
+
+
+def run_cli(main: Callable[[], Optional[int]]) -> None:
+    """Run an entry point's `main` and exit with its status; a `UserError` becomes `error: <message>`
+    on stderr and status 2, Ctrl-C one line and status 130. Other exceptions are bugs: they propagate."""
+    try:
+        status = main()
+    except Exception as err:  # noqa: BLE001  (re-raised below unless it is a user error)
+        if not _is_user_error(err):
+            raise
+        sys.stdout.flush()
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        status = EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print("error: interrupted", file=sys.stderr)
+        status = EXIT_INTERRUPTED
+    sys.exit(status or 0)
