@@ -24,7 +24,7 @@ from mindaudio.config import SpectConfig, config_from_dict
 from mindaudio.data.audio import load_audio
 from mindaudio.data.librispeech import extracted_utterances
 from mindaudio.data.manifest import write_manifest_with_transcripts
-from mindaudio.decoding.decoder import GreedyDecoder
+from mindaudio.decoding.greedy import GreedyDecoder
 from mindaudio.inference import (ChunkGeometry, Failure, Transcriber, Transcript,
                                  build_transcriber, plan_windows, stream_mono, transcribe_files)
 from mindaudio.models.build import build_model

@@ -119,11 +119,6 @@ class NgramModel:
     discounts: Tuple[Tuple[float, float, float], ...]  # per order
     fallback_orders: Tuple[int, ...]  # orders whose discounts came from the fallback
 
-    @property
-    def vocabulary(self) -> List[str]:
-        """Every unigram, <s>, </s> and <unk> included."""
-        return sorted(ngram[0] for ngram in self.entries[0])
-
     def log10_prob(self, words: Sequence[str], history: Sequence[str]) -> float:
         """log10 p(words[-1] | history + words[:-1]) by the ARPA backoff rule, for checks."""
         context = tuple(history) + tuple(words[:-1])
