@@ -5,7 +5,9 @@ Random weights make the transcripts meaningless, so these tests check what must 
 weights: the same samples give the same log-probabilities whatever the container, chunked
 recordings give exactly the frames of the whole, exports give the checkpoint's logits.
 """
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ import mindspore as ms
 
 from corpus import small_config_dict
 from mindaudio.config import SpectConfig, config_from_dict
-from mindaudio.data.audio import load_audio
+from mindaudio.data.audio import AudioError, load_audio
 from mindaudio.data.librispeech import extracted_utterances
 from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.decoding.greedy import GreedyDecoder
@@ -209,6 +211,54 @@ def test_unreadable_files_fail_alone(utterances, transcriber, tmp_path):
     assert str(corrupt) in results[2].error
     assert str(empty) in results[3].error
     assert results[0].text == results[4].text
+
+
+def poisoned(signal: np.ndarray, at_seconds: float, value: float, path: Path) -> Path:
+    """`signal` (16 kHz) with `value` (NaN or inf) from `at_seconds` for 10 ms, as a float WAV."""
+    signal = signal.copy()
+    start = int(at_seconds * 16000)
+    signal[start:start + 160] = value
+    sf.write(str(path), signal, 16000, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_audio_is_an_error_naming_the_file_read_whole_or_streamed(utterances, transcriber, tmp_path,
+                                                                              value):
+    signal, _ = sf.read(str(utterances[LONG_ID][1]), dtype="float32")  # 7.9 s
+    path = poisoned(signal, 6.5, value, tmp_path / "poisoned.wav")
+    # Read whole (shorter than a chunk), and streamed in windows of 2 s: the bad samples sit in a
+    # later window, after good ones were already run.
+    streamed = Transcriber(transcriber.model, SPECT, transcriber.decoder, chunk_seconds=2, context_seconds=0.5)
+    for reader in (transcriber, streamed):
+        with pytest.raises(AudioError, match=rf"{path}: non-finite sample \(NaN or inf\) at 6.5"):
+            reader.log_probs(str(path))
+    good = str(utterances[SHORT_ID][1])
+    results = list(transcribe_files(streamed, [str(path), good]))
+    assert [type(r) for r in results] == [Failure, Transcript]
+    assert str(path) in results[0].error
+    # The same float file without the poison reads fine.
+    sf.write(str(tmp_path / "clean.wav"), signal, 16000, subtype="FLOAT")
+    assert streamed.log_probs(str(tmp_path / "clean.wav"))[2] == 4
+
+
+def test_long_files_show_a_progress_bar_per_window_when_asked(utterances, transcriber, tmp_path):
+    path = str(utterances[LONG_ID][1])  # 7.9 s: 4 windows of 2 s
+    shown = io.StringIO()
+    bar = Transcriber(transcriber.model, SPECT, transcriber.decoder, chunk_seconds=2, context_seconds=0.5,
+                      progress=True, progress_file=shown)
+    assert bar.transcribe(path).windows == 4
+    assert "4/4" in shown.getvalue() and "window" in shown.getvalue() and os.path.basename(path) in shown.getvalue()
+    # By default only a terminal gets the bar (a StringIO is not one); False never shows it.
+    for progress in (None, False):
+        quiet = io.StringIO()
+        Transcriber(transcriber.model, SPECT, transcriber.decoder, chunk_seconds=2, context_seconds=0.5,
+                    progress=progress, progress_file=quiet).transcribe(path)
+        assert quiet.getvalue() == ""
+    # A file read whole has one window: no bar.
+    whole = io.StringIO()
+    Transcriber(transcriber.model, SPECT, transcriber.decoder, progress=True, progress_file=whole).transcribe(path)
+    assert whole.getvalue() == ""
 
 
 @pytest.mark.slow
