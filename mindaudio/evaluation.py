@@ -40,7 +40,7 @@ from mindaudio.metrics import char_error_rate, error_counts, word_error_rate
 from mindaudio.models.build import build_model
 from mindaudio.runtime.device import setup_runtime
 
-NON_FINITE_OUTPUT = "the model's output is not finite (NaN or inf features: unreadable or corrupt audio)"
+NON_FINITE_OUTPUT = "the model's output is not finite (NaN or inf): corrupt audio, or weights that are NaN"
 
 
 class EvaluationError(UserError):
