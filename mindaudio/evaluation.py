@@ -210,6 +210,8 @@ def report_path(save_output: str) -> str:
 def check_report_writable(save_output: str, source: str) -> str:
     """Make sure the report can be written, before any work: create its folder and a probe file
     beside it. Returns the report's path; raises ConfigError naming `EvalConfig.save_output`."""
+    if not save_output.strip():
+        raise ConfigError(f"{source}: EvalConfig.save_output is empty: give the report's path")
     path = report_path(save_output)
     probe = path + ".tmp"
     try:

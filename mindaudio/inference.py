@@ -96,11 +96,6 @@ class ChunkGeometry:
                              f"({frame_seconds:g} s), got {context_seconds}")
         return cls(chunk, context, samples_per_output_frame(spect))
 
-    @property
-    def window_samples(self) -> int:
-        """The longest window: a chunk with context on both sides."""
-        return (self.chunk_frames + 2 * self.context_frames) * self.frame_samples
-
     def window(self, index: int, total_samples: Optional[int], spect: SpectConfig) -> Optional[Window]:
         """Window `index` of a signal of `total_samples` samples (None: not known yet, i.e. more
         audio follows this window). Returns None when the chunk starts past the last frame."""

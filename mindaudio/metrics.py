@@ -30,7 +30,7 @@ def char_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
 
 @dataclass(frozen=True)
 class ErrorCounts:
-    """Edits and reference lengths of one utterance (or summed over several).
+    """Edits and reference lengths of one utterance.
 
     Words are whitespace-separated; characters are counted with spaces removed, as
     `char_error_rate` scores them.
@@ -39,10 +39,6 @@ class ErrorCounts:
     reference_words: int = 0
     char_edits: int = 0
     reference_chars: int = 0
-
-    def __add__(self, other: "ErrorCounts") -> "ErrorCounts":
-        return ErrorCounts(self.word_edits + other.word_edits, self.reference_words + other.reference_words,
-                           self.char_edits + other.char_edits, self.reference_chars + other.reference_chars)
 
     @property
     def wer(self) -> float:

@@ -10,6 +10,7 @@ import pytest
 
 import mindaudio  # noqa: F401  (before mindspore)
 from mindaudio.config import DEFAULT_LABELS, ConfigError, config_from_dict
+from mindaudio.data.text import CharTokenizer
 from mindaudio.decoding.greedy import GreedyDecoder, greedy_word_frames
 from mindaudio.decoding.hypothesis import log_softmax
 from mindaudio.decoding.ngram import (BOS, EOS, UNK, build_arpa, count_ngrams, discounts, kneser_ney,
@@ -142,7 +143,13 @@ def test_build_ngram_lm_script(tmp_path, repo_root):
 
 def test_normalise_line_spells_words_as_the_labels():
     alphabet = [c for c in LABELS[:-1] if c != " "]
-    assert normalise_line("It's  a self-made man, 1999!\n", alphabet) == ["IT'S", "A", "SELFMADE", "MAN"]
+    assert normalise_line("It's  a\tman\n", alphabet) == ["IT'S", "A", "MAN"]
+    assert normalise_line("It's  a\tman\n", [c for c in alphabet if c != "'"]) == ["ITS", "A", "MAN"]
+    # Whatever the tokenizer does with characters outside the labels, the LM spells words as the
+    # references it will be scored against.
+    tokenizer = CharTokenizer(LABELS)
+    for line in ["It's  a self-made man, 1999!\n", "ZÉRO—ONE", "don’t stop"]:
+        assert normalise_line(line, alphabet) == tokenizer.decode(tokenizer.encode(line)[0]).split()
 
 
 # ---------------------------------------------------------------- beam search

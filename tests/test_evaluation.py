@@ -99,6 +99,8 @@ def test_an_unwritable_report_location_is_refused_before_any_work(tmp_path):
     (tmp_path / "dir.json").mkdir()
     with pytest.raises(ConfigError, match=r"EvalConfig.save_output: .*dir.json.*directory"):
         check_report_writable(str(tmp_path / "dir"), "cfg.yaml")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: EvalConfig.save_output is empty"):
+        check_report_writable("", "cfg.yaml")
     # A usable location: its folder is created and nothing is left behind.
     assert check_report_writable(str(tmp_path / "new" / "report"), "cfg.yaml") == str(tmp_path / "new" / "report.json")
     assert os.listdir(tmp_path / "new") == []

@@ -79,7 +79,7 @@ def transcriber(tiny):
 @pytest.mark.parametrize("chunk,context", [(8.0, 2.0), (5.0, 0.5), (7.3, 3.1), (1.0, 0.02)])
 def test_windows_keep_every_output_frame_exactly_once(chunk, context):
     geometry = ChunkGeometry.from_seconds(SPECT, chunk, context)
-    longest = geometry.window_samples
+    longest = (geometry.chunk_frames + 2 * geometry.context_frames) * geometry.frame_samples  # chunk + 2 contexts
     for total in [1000, 320 * 400, 320 * 400 + 1, 320 * 400 - 1, 160 * 2501, 16000 * 31 + 77, 16000 * 95]:
         windows = plan_windows(total, geometry, SPECT)
         kept = []
