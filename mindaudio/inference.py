@@ -284,7 +284,7 @@ class Transcriber:
         # Recordings up to one chunk plus its right context are read whole, as evaluation reads them.
         self.whole_file_samples = (self.geometry.chunk_frames + self.geometry.context_frames) * \
             self.geometry.frame_samples
-        # Called with each window's (frames, classes) shape; for progress reports and tests.
+        # Called with each window and its (freq, frames) feature shape, for callers that watch the windows.
         self.on_window: Optional[Callable[[Window, Tuple[int, int]], None]] = None
 
     def _features(self, signal: np.ndarray, path: str) -> np.ndarray:
