@@ -396,3 +396,12 @@ def test_mindspore_onnx_conv_padding_needs_the_correction(tiny, tmp_path):
         ort.InferenceSession(stem + ".onnx", providers=["CPUExecutionProvider"])
     assert fix_onnx_conv_pads(stem + ".onnx") == 2
     ort.InferenceSession(stem + ".onnx", providers=["CPUExecutionProvider"])
+
+
+def test_errors_of_inference_and_export_are_user_errors():
+    # The command-line wrapper turns exactly these into one `error:` line instead of a traceback.
+    from mindaudio.config import UserError
+    from mindaudio.export import ExportError
+    from mindaudio.inference import TranscriptionError
+    assert issubclass(TranscriptionError, UserError) and issubclass(ExportError, UserError)
+    assert str(TranscriptionError("a.wav", "no audio samples")) == "a.wav: no audio samples"
