@@ -93,7 +93,9 @@ def transcribe_batches(model: ms.nn.Cell, batches: Iterable[Dict[str, np.ndarray
             finite = [bool(np.isfinite(logits[: int(out_lengths[b]), b]).all()) for b in keep]
             non_finite.update(indices[b] for b in keep if not finite[b])
             keep = [b for b in keep if finite[b]]
-        texts = decoder.decode_batch(logits[:, keep], out_lengths[keep])
+        if len(keep) < len(indices):
+            logits, out_lengths = logits[:, keep], out_lengths[keep]
+        texts = decoder.decode_batch(logits, out_lengths)
         for b, text in zip(keep, texts):
             if indices[b] in hypotheses:
                 raise RuntimeError(f"utterance {indices[b]} was decoded twice: the batch plan is wrong")
