@@ -25,6 +25,8 @@ def own_arguments(parser) -> None:
                         help="longer recordings are cut into chunks of this length (default: %(default)s)")
     parser.add_argument("--context_seconds", type=float, default=2.0,
                         help="audio each chunk also sees on either side (default: %(default)s)")
+    parser.add_argument("--progress", action="store_true",
+                        help="a progress bar per long file on stderr even when it is not a terminal")
     parser.add_argument("files", nargs="+", help="audio files")
 
 
@@ -45,7 +47,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # stdout carries only transcripts (one line or JSON object per file): the device line goes to stderr.
     setup_runtime(config.runtime, config.TrainingConfig.seed, log=lambda line: print(line, file=sys.stderr))
-    transcriber = build_transcriber(config, config.Pretrained_model, args.chunk_seconds, args.context_seconds)
+    transcriber = build_transcriber(config, config.Pretrained_model, args.chunk_seconds, args.context_seconds,
+                                    progress=True if args.progress else None)
     failures = 0
     for result in transcribe_files(transcriber, args.files):
         if isinstance(result, Failure):

@@ -28,7 +28,7 @@ import mindspore as ms  # noqa: E402
 
 from mindaudio.config import config_from_dict  # noqa: E402
 from mindaudio.data.librispeech import extracted_utterances  # noqa: E402
-from mindaudio.decoding.decoder import build_decoder  # noqa: E402
+from mindaudio.decoding.select import build_decoder  # noqa: E402
 from mindaudio.inference import AcousticModel, Transcriber  # noqa: E402
 from mindaudio.models.build import build_model  # noqa: E402
 

@@ -25,9 +25,11 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from mindaudio.config import Config
+from mindaudio.checkpoint import load_model_weights
+from mindaudio.config import Config, UserError
 from mindaudio.data.features import num_freq_bins
 from mindaudio.inference import seconds_per_output_frame
+from mindaudio.models.build import build_model
 from mindaudio.models.deepspeech2 import DeepSpeechModel
 
 # Largest logit difference accepted between the checkpoint and an export: float32 noise from a
@@ -35,8 +37,9 @@ from mindaudio.models.deepspeech2 import DeepSpeechModel
 DEFAULT_TOLERANCE = 1e-4
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(UserError):
+    """An export that cannot be made or does not give the checkpoint's outputs; the message names
+    the file."""
 
 
 @dataclass
@@ -54,7 +57,6 @@ class ExportCheck:
 class ExportReport:
     files: Dict[str, str] = field(default_factory=dict)  # format -> path
     checks: List[ExportCheck] = field(default_factory=list)
-    skipped: Dict[str, str] = field(default_factory=dict)  # format -> reason
 
 
 def export_mindir(model: DeepSpeechModel, freq_bins: int, path_stem: str) -> str:
@@ -189,9 +191,6 @@ def export_model(config: Config, checkpoint: str, output_stem: str, formats: Seq
 
     Raises ExportError when an export's logits differ from the checkpoint's by more than
     `tolerance` (the file is kept for inspection)."""
-    from mindaudio.models.build import build_model
-    from mindaudio.checkpoint import load_model_weights
-
     model = build_model(config, 1)
     load_model_weights(model, checkpoint)
     model.set_train(False)

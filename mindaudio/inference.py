@@ -16,20 +16,25 @@ which gives each word's start and end time.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, TextIO, Tuple, Union
 
 import numpy as np
 import soundfile
 import soxr
+from tqdm import tqdm
 
 import mindspore as ms
 
-from mindaudio.config import Config, SpectConfig
+from mindaudio.checkpoint import load_model_weights
+from mindaudio.config import Config, SpectConfig, UserError
 from mindaudio.data.audio import AudioError, load_audio
 from mindaudio.data.features import fft_size, hop_size, log_spectrogram, num_frames
-from mindaudio.decoding.decoder import Hypothesis, log_softmax
+from mindaudio.decoding.hypothesis import Hypothesis, log_softmax
+from mindaudio.decoding.select import build_decoder
+from mindaudio.models.build import build_model
 from mindaudio.models.deepspeech2 import output_length, time_stride
 
 # Inputs are padded up to a multiple of this many feature frames (2 s) so that files of many
@@ -91,11 +96,6 @@ class ChunkGeometry:
                              f"({frame_seconds:g} s), got {context_seconds}")
         return cls(chunk, context, samples_per_output_frame(spect))
 
-    @property
-    def window_samples(self) -> int:
-        """The longest window: a chunk with context on both sides."""
-        return (self.chunk_frames + 2 * self.context_frames) * self.frame_samples
-
     def window(self, index: int, total_samples: Optional[int], spect: SpectConfig) -> Optional[Window]:
         """Window `index` of a signal of `total_samples` samples (None: not known yet, i.e. more
         audio follows this window). Returns None when the chunk starts past the last frame."""
@@ -125,10 +125,21 @@ def plan_windows(total_samples: int, geometry: ChunkGeometry, spect: SpectConfig
             return windows
 
 
+def reject_non_finite(signal: np.ndarray, path: str, sample_rate: int, first_sample: int = 0) -> None:
+    """AudioError naming `path` and the time of the first bad sample if `signal` ((samples,) or
+    (samples, channels) at `sample_rate`) holds NaN or inf: the model would turn it into a
+    confident transcript of nothing. first_sample: the position of `signal[0]` in the recording."""
+    finite = np.isfinite(signal)
+    if not finite.all():
+        bad = first_sample + int(np.argwhere(~finite)[0][0])
+        raise AudioError(path, f"non-finite sample (NaN or inf) at {bad / sample_rate:.3f} s")
+
+
 def stream_mono(path: str, sample_rate: int, block_samples: int = STREAM_BLOCK_SAMPLES
                 ) -> Iterator[np.ndarray]:
     """The file's signal as float32 mono blocks at `sample_rate`: channels averaged (as
-    `load_audio` does), resampled by a streaming soxr resampler."""
+    `load_audio` does), resampled by a streaming soxr resampler. A block with a NaN or inf
+    sample raises AudioError naming the file."""
     try:
         handle = soundfile.SoundFile(path)
     except _READ_ERRORS as err:
@@ -138,10 +149,12 @@ def stream_mono(path: str, sample_rate: int, block_samples: int = STREAM_BLOCK_S
         if handle.samplerate != sample_rate:
             resampler = soxr.ResampleStream(handle.samplerate, sample_rate, 1, dtype="float32")
         while True:
+            start = handle.tell()
             try:
                 block = handle.read(block_samples, dtype="float32", always_2d=True)
             except _READ_ERRORS as err:
                 raise AudioError(path, f"read failed after {handle.tell()} samples: {err}") from err
+            reject_non_finite(block, path, handle.samplerate, start)
             last = block.shape[0] < block_samples
             mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
             mono = np.ascontiguousarray(mono, dtype=np.float32)
@@ -215,7 +228,7 @@ class AcousticModel:
         return log_softmax(logits.asnumpy()[: int(output_length(frames)), 0])
 
 
-class TranscriptionError(Exception):
+class TranscriptionError(UserError):
     """A file that cannot be transcribed; the message names the file."""
 
     def __init__(self, path: str, reason: str):
@@ -254,18 +267,24 @@ class Transcriber:
     decoder: a GreedyDecoder or BeamSearchDecoder (anything with decode(log_probs) -> Hypothesis).
     chunk_seconds, context_seconds: recordings longer than chunk + context are cut into windows
     of chunk_seconds of new audio with up to context_seconds of context on each side.
+    progress: a progress bar per window for recordings cut into windows: True shows it, False
+    never, None (default) only when `progress_file` is a terminal.
+    progress_file: where the bar goes (default stderr).
     """
 
     def __init__(self, model: AcousticModel, spect: SpectConfig, decoder, chunk_seconds: float = 20.0,
-                 context_seconds: float = 2.0):
+                 context_seconds: float = 2.0, progress: Optional[bool] = None,
+                 progress_file: Optional[TextIO] = None):
         self.model = model
         self.spect = spect
         self.decoder = decoder
+        self.progress = progress
+        self.progress_file = progress_file
         self.geometry = ChunkGeometry.from_seconds(spect, chunk_seconds, context_seconds)
         # Recordings up to one chunk plus its right context are read whole, as evaluation reads them.
         self.whole_file_samples = (self.geometry.chunk_frames + self.geometry.context_frames) * \
             self.geometry.frame_samples
-        # Called with each window's (frames, classes) shape; for progress reports and tests.
+        # Called with each window and its (freq, frames) feature shape, for callers that watch the windows.
         self.on_window: Optional[Callable[[Window, Tuple[int, int]], None]] = None
 
     def _features(self, signal: np.ndarray, path: str) -> np.ndarray:
@@ -287,6 +306,7 @@ class Transcriber:
         header_samples = info.frames * self.spect.sample_rate / max(info.samplerate, 1)
         if header_samples <= self.whole_file_samples:
             signal = load_audio(path, self.spect.sample_rate)
+            reject_non_finite(signal, path, self.spect.sample_rate)
             if signal.size == 0:
                 raise TranscriptionError(path, "no audio samples")
             features = self._features(signal, path)
@@ -295,9 +315,17 @@ class Transcriber:
             if self.on_window is not None:
                 self.on_window(window, features.shape)
             return result, signal.size / self.spect.sample_rate, 1
-        return self._log_probs_streamed(path)
+        expected_windows = len(plan_windows(int(header_samples), self.geometry, self.spect))
+        with self._progress_bar(path, expected_windows) as bar:
+            return self._log_probs_streamed(path, bar)
 
-    def _log_probs_streamed(self, path: str) -> Tuple[np.ndarray, float, int]:
+    def _progress_bar(self, path: str, windows: int) -> tqdm:
+        stream = self.progress_file if self.progress_file is not None else sys.stderr
+        show = self.progress if self.progress is not None else _is_terminal(stream)
+        return tqdm(total=windows, desc=os.path.basename(path), unit="window", file=stream,
+                    disable=not show, leave=False, dynamic_ncols=True)
+
+    def _log_probs_streamed(self, path: str, bar: tqdm) -> Tuple[np.ndarray, float, int]:
         buffer = SignalBuffer(stream_mono(path, self.spect.sample_rate))
         pieces: List[np.ndarray] = []
         index = 0
@@ -317,6 +345,7 @@ class Transcriber:
             pieces.append(kept)
             if self.on_window is not None:
                 self.on_window(window, features.shape)
+            bar.update(1)
             index += 1
             if total is not None and window.end_sample == total:
                 break
@@ -337,6 +366,11 @@ class Transcriber:
                           wall_seconds=time.perf_counter() - start, windows=windows)
 
 
+def _is_terminal(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
 def transcribe_files(transcriber: Transcriber, paths: Iterable[str]
                      ) -> Iterator[Union[Transcript, Failure]]:
     """Transcribe each file in turn; a file that cannot be read or is too short yields a
@@ -349,15 +383,12 @@ def transcribe_files(transcriber: Transcriber, paths: Iterable[str]
 
 
 def build_transcriber(config: Config, checkpoint: str, chunk_seconds: float = 20.0,
-                      context_seconds: float = 2.0, decoder=None) -> Transcriber:
+                      context_seconds: float = 2.0, decoder=None, progress: Optional[bool] = None
+                      ) -> Transcriber:
     """The model of `config.ModelConfig` with `checkpoint`'s weights, and the decoder
-    `config.EvalConfig` asks for (unless `decoder` is given)."""
-    from mindaudio.decoding.decoder import build_decoder
-    from mindaudio.models.build import build_model
-    from mindaudio.checkpoint import load_model_weights
-
+    `config.EvalConfig` asks for (unless `decoder` is given). progress: see `Transcriber`."""
     model = build_model(config, 1)
     load_model_weights(model, checkpoint)
     decoder = decoder if decoder is not None else build_decoder(config)
     return Transcriber(AcousticModel(model, pad=config.ModelConfig.masked), config.SpectConfig, decoder,
-                       chunk_seconds=chunk_seconds, context_seconds=context_seconds)
+                       chunk_seconds=chunk_seconds, context_seconds=context_seconds, progress=progress)

@@ -1,4 +1,7 @@
-"""Word and character error rates over a corpus, in percent."""
+"""Word and character error rates: over a corpus in percent, and the edit counts of one utterance."""
+from __future__ import annotations
+
+from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
 import jiwer
@@ -23,6 +26,47 @@ def char_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     refs = [r.replace(" ", "") for r in references]
     hyps = [h.replace(" ", "") for h in hypotheses]
     return 100.0 * jiwer.cer(refs, hyps)
+
+
+@dataclass(frozen=True)
+class ErrorCounts:
+    """Edits and reference lengths of one utterance.
+
+    Words are whitespace-separated; characters are counted with spaces removed, as
+    `char_error_rate` scores them.
+    """
+    word_edits: int = 0
+    reference_words: int = 0
+    char_edits: int = 0
+    reference_chars: int = 0
+
+    @property
+    def wer(self) -> float:
+        """Word edits per reference word, a fraction (not percent); an empty reference gives 0.0
+        without edits and inf with them."""
+        return _rate(self.word_edits, self.reference_words)
+
+    @property
+    def cer(self) -> float:
+        """Character edits per reference character (spaces removed), a fraction."""
+        return _rate(self.char_edits, self.reference_chars)
+
+
+def _rate(edits: int, length: int) -> float:
+    if length == 0:
+        return 0.0 if edits == 0 else float("inf")
+    return edits / length
+
+
+def error_counts(reference: str, hypothesis: str) -> ErrorCounts:
+    """Levenshtein edits (substitutions + deletions + insertions) between one reference and
+    its hypothesis, over words and over characters without spaces."""
+    words = jiwer.process_words(reference, hypothesis)
+    chars = jiwer.process_characters(reference.replace(" ", ""), hypothesis.replace(" ", ""))
+    return ErrorCounts(word_edits=words.substitutions + words.deletions + words.insertions,
+                       reference_words=len(reference.split()),
+                       char_edits=chars.substitutions + chars.deletions + chars.insertions,
+                       reference_chars=len(reference.replace(" ", "")))
 
 
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> Dict[str, float]:

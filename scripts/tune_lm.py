@@ -36,7 +36,7 @@ def collect_log_probs(config, checkpoint: str, manifest: str, progress: bool = T
 
     from mindaudio.data.dataset import build_dataset, load_split, make_sampler
     from mindaudio.data.text import CharTokenizer
-    from mindaudio.decoding.decoder import log_softmax
+    from mindaudio.decoding.hypothesis import log_softmax
     from mindaudio.models.build import build_model
     from mindaudio.checkpoint import load_model_weights
 
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     check_files(config, ["TrainingConfig.val_manifest", "Pretrained_model", "EvalConfig.lm_path",
                          "EvalConfig.lm_unigrams"])
     from mindaudio.decoding.beam import BeamSearchDecoder
-    from mindaudio.decoding.decoder import GreedyDecoder
+    from mindaudio.decoding.greedy import GreedyDecoder
     from mindaudio.evaluation import checkpoint_to_evaluate
     from mindaudio.metrics import char_error_rate, word_error_rate
     from mindaudio.runtime.device import setup_runtime

@@ -5,7 +5,10 @@ Random weights make the transcripts meaningless, so these tests check what must 
 weights: the same samples give the same log-probabilities whatever the container, chunked
 recordings give exactly the frames of the whole, exports give the checkpoint's logits.
 """
+import io
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +24,10 @@ import mindspore as ms
 
 from corpus import small_config_dict
 from mindaudio.config import SpectConfig, config_from_dict
-from mindaudio.data.audio import load_audio
+from mindaudio.data.audio import AudioError, load_audio
 from mindaudio.data.librispeech import extracted_utterances
 from mindaudio.data.manifest import write_manifest_with_transcripts
-from mindaudio.decoding.decoder import GreedyDecoder
+from mindaudio.decoding.greedy import GreedyDecoder
 from mindaudio.inference import (ChunkGeometry, Failure, Transcriber, Transcript,
                                  build_transcriber, plan_windows, stream_mono, transcribe_files)
 from mindaudio.models.build import build_model
@@ -77,7 +80,7 @@ def transcriber(tiny):
 @pytest.mark.parametrize("chunk,context", [(8.0, 2.0), (5.0, 0.5), (7.3, 3.1), (1.0, 0.02)])
 def test_windows_keep_every_output_frame_exactly_once(chunk, context):
     geometry = ChunkGeometry.from_seconds(SPECT, chunk, context)
-    longest = geometry.window_samples
+    longest = (geometry.chunk_frames + 2 * geometry.context_frames) * geometry.frame_samples  # chunk + 2 contexts
     for total in [1000, 320 * 400, 320 * 400 + 1, 320 * 400 - 1, 160 * 2501, 16000 * 31 + 77, 16000 * 95]:
         windows = plan_windows(total, geometry, SPECT)
         kept = []
@@ -211,6 +214,60 @@ def test_unreadable_files_fail_alone(utterances, transcriber, tmp_path):
     assert results[0].text == results[4].text
 
 
+def poisoned(signal: np.ndarray, at_seconds: float, value: float, path: Path) -> Path:
+    """`signal` (16 kHz) with `value` (NaN or inf) from `at_seconds` for 10 ms, as a float WAV."""
+    signal = signal.copy()
+    start = int(at_seconds * 16000)
+    signal[start:start + 160] = value
+    sf.write(str(path), signal, 16000, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_audio_is_an_error_naming_the_file_read_whole_or_streamed(utterances, transcriber, tmp_path,
+                                                                              value):
+    signal, _ = sf.read(str(utterances[LONG_ID][1]), dtype="float32")  # 7.9 s
+    path = poisoned(signal, 6.5, value, tmp_path / "poisoned.wav")
+    # Read whole (shorter than a chunk), and streamed in windows of 2 s: the bad samples sit in a
+    # later window, after good ones were already run.
+    streamed = Transcriber(transcriber.model, SPECT, transcriber.decoder, chunk_seconds=2, context_seconds=0.5)
+    for reader in (transcriber, streamed):
+        with pytest.raises(AudioError, match=rf"{re.escape(str(path))}: .*NaN"):
+            reader.log_probs(str(path))
+    seen = []
+    streamed.on_window = lambda window, shape: seen.append(window)
+    with pytest.raises(AudioError, match=r"non-finite sample \(NaN or inf\) at 6.500 s"):
+        streamed.log_probs(str(path))
+    assert seen, "the bad block should be met after the first window ran"
+    streamed.on_window = None
+    good = str(utterances[SHORT_ID][1])
+    results = list(transcribe_files(streamed, [str(path), good]))
+    assert [type(r) for r in results] == [Failure, Transcript]
+    assert str(path) in results[0].error
+    # The same float file without the poison reads fine.
+    sf.write(str(tmp_path / "clean.wav"), signal, 16000, subtype="FLOAT")
+    assert streamed.log_probs(str(tmp_path / "clean.wav"))[2] == 4
+
+
+def test_long_files_show_a_progress_bar_per_window_when_asked(utterances, transcriber, tmp_path):
+    path = str(utterances[LONG_ID][1])  # 7.9 s: 4 windows of 2 s
+    shown = io.StringIO()
+    bar = Transcriber(transcriber.model, SPECT, transcriber.decoder, chunk_seconds=2, context_seconds=0.5,
+                      progress=True, progress_file=shown)
+    assert bar.transcribe(path).windows == 4
+    assert "4/4" in shown.getvalue() and "window" in shown.getvalue() and os.path.basename(path) in shown.getvalue()
+    # By default only a terminal gets the bar (a StringIO is not one); False never shows it.
+    for progress in (None, False):
+        quiet = io.StringIO()
+        Transcriber(transcriber.model, SPECT, transcriber.decoder, chunk_seconds=2, context_seconds=0.5,
+                    progress=progress, progress_file=quiet).transcribe(path)
+        assert quiet.getvalue() == ""
+    # A file read whole has one window: no bar.
+    whole = io.StringIO()
+    Transcriber(transcriber.model, SPECT, transcriber.decoder, progress=True, progress_file=whole).transcribe(path)
+    assert whole.getvalue() == ""
+
+
 @pytest.mark.slow
 def test_transcribe_command_prints_json_and_reports_bad_files(utterances, tiny, tmp_path, repo_root):
     data, checkpoint, _ = tiny
@@ -339,3 +396,12 @@ def test_mindspore_onnx_conv_padding_needs_the_correction(tiny, tmp_path):
         ort.InferenceSession(stem + ".onnx", providers=["CPUExecutionProvider"])
     assert fix_onnx_conv_pads(stem + ".onnx") == 2
     ort.InferenceSession(stem + ".onnx", providers=["CPUExecutionProvider"])
+
+
+def test_errors_of_inference_and_export_are_user_errors():
+    # The command-line wrapper turns exactly these into one `error:` line instead of a traceback.
+    from mindaudio.config import UserError
+    from mindaudio.export import ExportError
+    from mindaudio.inference import TranscriptionError
+    assert issubclass(TranscriptionError, UserError) and issubclass(ExportError, UserError)
+    assert str(TranscriptionError("a.wav", "no audio samples")) == "a.wav: no audio samples"

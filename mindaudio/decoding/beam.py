@@ -16,7 +16,7 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 
 from mindaudio.config import ConfigError
-from mindaudio.decoding.decoder import Hypothesis, WordTiming, log_softmax
+from mindaudio.decoding.hypothesis import Hypothesis, WordTiming, log_softmax
 from mindaudio.decoding.ngram import read_arpa_unigrams
 
 # pyctcdecode's defaults for the two pruning thresholds (natural-log units): beams more than
@@ -72,8 +72,6 @@ class BeamSearchDecoder:
         unigrams: the LM's vocabulary; by default read from an ARPA LM (a binary LM has none).
         config_source: the yaml the settings came from, for error messages.
     """
-
-    name = "beam"
 
     def __init__(self, labels: Sequence[str], blank_id: int, beam_width: int = 64,
                  lm_path: Optional[str] = None, alpha: float = 0.5, beta: float = 1.5,

@@ -28,12 +28,15 @@ to tens of millions of words; for all of LibriSpeech's 800 M-word LM corpus use 
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
+
+from mindaudio.data.text import BLANK, CharTokenizer
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 # lmplz's --discount_fallback defaults: D1, D2, D3+.
@@ -48,19 +51,26 @@ class NgramError(ValueError):
     """A corpus or setting from which no language model can be built."""
 
 
+@functools.lru_cache(maxsize=8)
+def _tokenizer(alphabet: Tuple[str, ...]) -> CharTokenizer:
+    letters = [char for char in dict.fromkeys(alphabet) if char not in (" ", BLANK)]
+    return CharTokenizer(letters + [" ", BLANK])
+
+
 def normalise_line(line: str, alphabet: Optional[Iterable[str]] = None) -> List[str]:
     """Words of one transcript line as the acoustic model spells them.
 
-    Upper-cases, then removes characters outside `alphabet` (the model's labels without the
-    blank; space always separates words), as `CharTokenizer.encode` drops them from training
-    targets. With `alphabet=None` only upper-cases.
+    alphabet: the characters words may hold (the model's labels without the blank; space always
+    separates words). The line is normalised by the same rules as training targets and
+    evaluation references (`CharTokenizer`, their one owner), so the LM's words are the
+    references' words. With `alphabet=None` it is only upper-cased.
     """
-    text = line.upper()
-    if alphabet is not None:
-        allowed = set(alphabet) | {" "}
-        text = "".join(char if char in allowed else ("" if not char.isspace() else " ")
-                       for char in text)
-    return text.split()
+    if alphabet is None:
+        return line.upper().split()
+    tokenizer = _tokenizer(tuple(alphabet))
+    # Tabs and newlines separate words in a text corpus, where a transcript has only spaces.
+    ids, _ = tokenizer.encode(" ".join(line.split()))
+    return tokenizer.decode(ids).split()
 
 
 def count_ngrams(sentences: Iterable[Sequence[str]], order: int) -> List[Dict[Ngram, int]]:
@@ -118,11 +128,6 @@ class NgramModel:
     entries: Tuple[Dict[Ngram, Tuple[float, float]], ...]
     discounts: Tuple[Tuple[float, float, float], ...]  # per order
     fallback_orders: Tuple[int, ...]  # orders whose discounts came from the fallback
-
-    @property
-    def vocabulary(self) -> List[str]:
-        """Every unigram, <s>, </s> and <unk> included."""
-        return sorted(ngram[0] for ngram in self.entries[0])
 
     def log10_prob(self, words: Sequence[str], history: Sequence[str]) -> float:
         """log10 p(words[-1] | history + words[:-1]) by the ARPA backoff rule, for checks."""
