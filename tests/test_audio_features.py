@@ -186,8 +186,8 @@ def test_audio_duration_reads_header(flac_files):
         assert audio_duration(path) == pytest.approx(len(pcm) / sample_rate)
 
 
-def test_fsdd_8k_resampled_to_16k(fsdd_dir):
-    path = sorted((fsdd_dir / "recordings").glob("*.wav"))[0]
+def test_fsdd_8k_resampled_to_16k(digits_corpus):
+    path = sorted((digits_corpus / "recordings").glob("*.flac"))[0]
     original, sample_rate = soundfile.read(path, dtype="float32")
     assert sample_rate == 8000
     upsampled = load_audio(path, 16000)

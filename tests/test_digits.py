@@ -1,6 +1,7 @@
 """The bundled spoken-digits recipe: the shipped corpus, its preparer, per-speaker scoring, and a
 brief training run that must recognise speakers it never heard."""
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -26,8 +27,16 @@ def corpus(repo_root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fsdd_rows(fsdd_dir):
-    with open(fsdd_dir / "labels.tsv", newline="") as handle:
+def fsdd_samples(reference_dir):
+    """{id: (frames, MD5 of the int16 samples)} computed from FSDD's own WAV files."""
+    with open(reference_dir / "fsdd_wav_samples.tsv", newline="") as handle:
+        return {row["id"]: (int(row["frames"]), row["samples_md5"])
+                for row in csv.DictReader(handle, delimiter="\t")}
+
+
+@pytest.fixture(scope="module")
+def fsdd_rows(corpus):
+    with open(corpus / "labels.tsv", newline="") as handle:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
@@ -45,19 +54,20 @@ def manifest_path(root: Path, split: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # The shipped corpus
 
-def test_shipped_flacs_are_sample_exact_copies_of_the_fsdd_wavs(corpus, fsdd_dir, fsdd_rows):
+def test_shipped_flacs_are_sample_exact_copies_of_the_fsdd_wavs(corpus, fsdd_samples):
     flacs = sorted(path.stem for path in (corpus / "recordings").glob("*.flac"))
-    assert flacs == sorted(row["id"] for row in fsdd_rows)
-    for row in fsdd_rows:
-        wav, wav_rate = sf.read(str(fsdd_dir / "recordings" / f"{row['id']}.wav"), dtype="int16")
-        flac, flac_rate = sf.read(str(corpus / "recordings" / f"{row['id']}.flac"), dtype="int16")
-        assert flac_rate == wav_rate == 8000
-        np.testing.assert_array_equal(flac, wav, err_msg=row["id"])
-        assert sf.info(str(corpus / "recordings" / f"{row['id']}.flac")).subtype == "PCM_16"
+    assert flacs == sorted(fsdd_samples) and len(flacs) == 2500
+    for recording_id, (frames, samples_md5) in fsdd_samples.items():
+        path = corpus / "recordings" / f"{recording_id}.flac"
+        flac, flac_rate = sf.read(str(path), dtype="int16")
+        assert flac_rate == 8000 and flac.ndim == 1 and flac.shape[0] == frames, recording_id
+        assert hashlib.md5(flac.astype("<i2").tobytes()).hexdigest() == samples_md5, recording_id
+        assert sf.info(str(path)).subtype == "PCM_16"
 
 
-def test_shipped_labels_licence_and_attribution(corpus, fsdd_dir):
-    assert (corpus / "labels.tsv").read_bytes() == (fsdd_dir / "labels.tsv").read_bytes()
+def test_shipped_labels_licence_and_attribution(corpus, reference_dir):
+    expected = (reference_dir / "fsdd_labels.sha256").read_text().split()[0]
+    assert hashlib.sha256((corpus / "labels.tsv").read_bytes()).hexdigest() == expected
     licence = (corpus / "LICENSE").read_text()
     assert "Attribution-ShareAlike 4.0 International" in licence
     assert "Section 3 -- License Conditions." in licence  # the full legal text, not a summary

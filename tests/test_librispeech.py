@@ -1,4 +1,4 @@
-"""LibriSpeech preparer: real archives built from the shared sample, served over a real local HTTP server."""
+"""LibriSpeech preparer: real archives built from the bundled sample, served over a real local HTTP server."""
 import hashlib
 import http.server
 import io
@@ -372,11 +372,11 @@ def test_extracted_tree_is_read_in_place_and_unpaired_audio_is_refused(tmp_path,
         extracted_utterances(tmp_path / "absent")
 
 
-def test_resamples_and_downmixes_other_input(tmp_path, fsdd_dir, corpus):
+def test_resamples_and_downmixes_other_input(tmp_path, digits_corpus, corpus):
     root = tmp_path / "data"
     chapter = root / "LibriSpeech" / "test-other" / "7" / "1"
     chapter.mkdir(parents=True)
-    digit_path = sorted((fsdd_dir / "recordings").glob("*.wav"))[0]
+    digit_path = sorted((digits_corpus / "recordings").glob("*.flac"))[0]
     digit, digit_rate = sf.read(str(digit_path), dtype="int16")
     assert digit_rate == 8000
     sf.write(str(chapter / "7-1-0000.flac"), digit, 8000, subtype="PCM_16")
