@@ -287,3 +287,57 @@ def test_missing_file_raises_audio_error_naming_it(tmp_path):
         load_audio(path, 16000)
     with pytest.raises(AudioError, match="nowhere.flac"):
         audio_duration(path)
+
+
+def test_audio_errors_are_user_errors():
+    from mindaudio.config import UserError
+    assert issubclass(AudioError, UserError)
+
+
+def test_directory_is_named_as_a_directory_not_a_missing_file(tmp_path):
+    with pytest.raises(AudioError, match="is a directory"):
+        load_audio(tmp_path, 16000)
+    with pytest.raises(AudioError, match="is a directory"):
+        audio_duration(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_an_audio_error_naming_the_file(tmp_path, bad):
+    signal = np.random.default_rng(4).normal(0, 0.1, 1600).astype(np.float32)
+    signal[700] = bad
+    path = tmp_path / "poisoned.wav"
+    soundfile.write(str(path), signal, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"poisoned\.wav.*1 NaN or infinite sample\(s\) \(first at frame 700\)"):
+        load_audio(path, 16000)
+    signal[700] = 0.0
+    soundfile.write(str(path), signal, 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path, 16000), signal)  # the same file, healed, reads
+
+
+def test_truncated_wav_is_an_audio_error_not_shorter_audio(tmp_path, flac_files):
+    signal, _ = soundfile.read(flac_files[0], dtype="int16")
+    whole = tmp_path / "whole.wav"
+    soundfile.write(str(whole), signal, 16000, subtype="PCM_16")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    # libsndfile alone reads the cut file as shorter audio without a word.
+    assert 0 < soundfile.info(str(cut)).frames < len(signal)
+    with pytest.raises(AudioError, match=r"cut\.wav.*truncated"):
+        load_audio(cut, 16000)
+    assert load_audio(whole, 16000).shape == signal.shape
+
+
+def test_truncated_flac_is_an_audio_error(tmp_path, flac_files):
+    data = flac_files[0].read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"cut\.flac"):
+        load_audio(cut, 16000)
+
+
+def test_zero_sample_file_is_an_audio_error_saying_empty(tmp_path):
+    path = tmp_path / "silent.wav"
+    soundfile.write(str(path), np.zeros(0, np.int16), 16000, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"silent\.wav.*empty"):
+        load_audio(path, 16000)

@@ -12,7 +12,7 @@ import soundfile
 from mindaudio.config import DEFAULT_LABELS
 from mindaudio.data.manifest import (ManifestError, Utterance, read_manifest, write_manifest,
                                      write_manifest_with_transcripts)
-from mindaudio.data.text import CharTokenizer
+from mindaudio.data.text import CharTokenizer, check_labels
 
 YAML_LABELS = ["'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [" ", "_"]
 
@@ -43,12 +43,66 @@ def test_encode_uses_label_positions_and_upper_cases():
     assert unknown == set()
 
 
-def test_characters_outside_labels_are_removed_and_reported():
+def test_characters_outside_labels_become_spaces_and_are_reported():
     tokenizer = CharTokenizer(YAML_LABELS)
-    ids, unknown = tokenizer.encode("It's 3 o'clock! ÉTÉ_")
-    assert unknown == {"3", "!", "É", "_"}
-    assert tokenizer.decode(ids) == "IT'S  O'CLOCK T"
+    ids, unknown = tokenizer.encode("It's o'clock!  ÉTÉ_")
+    assert unknown == {"!", "_"}  # É is folded to E, not removed
+    assert tokenizer.decode(ids) == "IT'S O'CLOCK ETE"
     assert tokenizer.blank_id not in ids
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("ZÉRO—ONE", "ZERO ONE"),                     # em dash: two words, never ZROONE
+    ("zéro–one - two", "ZERO ONE TWO"),           # en dash, hyphen, spaces collapsed
+    ("Ça va? Oui, très bien.", "CA VA OUI TRES BIEN"),
+    ("naïve café\tcrème", "NAIVE CAFE CREME"),     # a tab is a space
+    ("  HELLO   ,  WORLD  ", "HELLO WORLD"),
+    ("well-known (and) \"quoted\"", "WELL KNOWN AND QUOTED"),
+    ("don’t", "DON'T"),                           # typographic apostrophe
+])
+def test_normalisation_folds_accents_and_never_joins_words(text, expected):
+    normalised = CharTokenizer(YAML_LABELS).normalise(text)
+    assert normalised.text == expected
+    assert not normalised.has_digits
+
+
+def test_removed_characters_are_counted_each_time():
+    normalised = CharTokenizer(YAML_LABELS).normalise("A—B—C!")
+    assert sorted(normalised.removed) == ["!", "—", "—"]
+
+
+@pytest.mark.parametrize("text", ["123 AND MORE", "ROOM 4B", "²"])
+def test_digits_are_flagged_not_guessed(text):
+    normalised = CharTokenizer(YAML_LABELS).normalise(text)
+    assert normalised.has_digits
+    assert not any(char.isdigit() for char in normalised.text)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_drop_apostrophes_removes_them_from_the_label_text(drop):
+    tokenizer = CharTokenizer(YAML_LABELS, drop_apostrophes=drop)
+    ids, unknown = tokenizer.encode("Don't ’tis o'clock")
+    assert tokenizer.decode(ids) == ("DONT TIS OCLOCK" if drop else "DON'T 'TIS O'CLOCK")
+    assert unknown == set()  # dropped on purpose: not reported as unknown
+    assert (0 in ids) is not drop  # label id 0 is the apostrophe, as in the original
+
+
+def test_apostrophe_outside_the_labels_is_deleted_not_split():
+    labels = [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [" ", "_"]
+    normalised = CharTokenizer(labels).normalise("don't")
+    assert normalised.text == "DONT" and normalised.removed == ("'",)
+
+
+def test_tokenizer_from_config_takes_the_switch():
+    from mindaudio.config import config_from_dict
+    assert CharTokenizer.from_config(config_from_dict({"drop_apostrophes": True})).drop_apostrophes
+    assert not CharTokenizer.from_config(config_from_dict({})).drop_apostrophes
+
+
+@pytest.mark.parametrize("value", [None, 3, ["A"]])
+def test_non_string_transcript_is_a_type_error(value):
+    with pytest.raises(TypeError, match="string"):
+        CharTokenizer(YAML_LABELS).normalise(value)
 
 
 def test_round_trip_of_real_transcripts(librispeech_utterances):
@@ -81,6 +135,8 @@ def test_decode_rejects_ids_outside_the_labels(bad_id):
 def test_invalid_labels_are_rejected(labels, message):
     with pytest.raises(ValueError, match=message):
         CharTokenizer(labels)
+    with pytest.raises(ValueError, match=message):
+        check_labels(labels)
 
 
 # --- manifests --------------------------------------------------------------------------------
