@@ -2,6 +2,7 @@
 brief training run that must recognise speakers it never heard."""
 import csv
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,13 +13,26 @@ import pytest
 import soundfile as sf
 
 from mindaudio.data.audio import load_audio
-from mindaudio.data.digits import (DEFAULT_TEST_SPEAKERS, CorpusError, add_per_speaker, prepare_digits,
-                                   read_labels, speaker_of, split_recordings)
+from mindaudio.data.digits import (DEFAULT_TEST_SPEAKERS, CorpusError, prepare_digits, read_labels,
+                                   speaker_of, split_recordings)
 from mindaudio.data.manifest import read_manifest
 from mindaudio.decoding.ngram import build_arpa
 from mindaudio.metrics import error_rates_by_group
 
 SPEAKERS = {"george", "jackson", "lucas", "theo", "yweweler"}
+
+
+def _load_digits_report():
+    """scripts/digits_report.py, the per-speaker scoring above the data layer, as a module."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "digits_report.py"
+    spec = importlib.util.spec_from_file_location("digits_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+digits_report = _load_digits_report()
+add_per_speaker = digits_report.add_per_speaker
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +212,7 @@ def test_per_speaker_breakdown_is_added_to_an_eval_report(tmp_path, repo_root):
             {"id": "5_george_0", "reference": "FIVE", "hypothesis": "FIVE"}]
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"wer": 100 / 3, "cer": 0.0, "utterances": rows}))
-    proc = subprocess.run([sys.executable, "mindaudio/data/digits.py", "--report", str(report)],
+    proc = subprocess.run([sys.executable, "scripts/digits_report.py", str(report)],
                           cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     per_speaker = json.loads(report.read_text())["per_speaker"]
@@ -209,8 +223,18 @@ def test_per_speaker_breakdown_is_added_to_an_eval_report(tmp_path, repo_root):
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["speaker", "utterances", "WER", "%", "CER", "%"]
     assert lines[2].split()[:3] == ["theo", "2", "50.00"]
-    with pytest.raises(CorpusError, match="not an eval.py report"):
+    with pytest.raises(digits_report.ReportError, match="missing.json: not an eval.py report"):
         add_per_speaker(tmp_path / "missing.json")
+    missing = subprocess.run([sys.executable, "scripts/digits_report.py", str(tmp_path / "missing.json")],
+                             cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+
+
+def test_data_layer_does_not_import_metrics(repo_root):
+    # data sits below metrics: the per-speaker scoring lives in scripts/digits_report.py.
+    for module in (repo_root / "mindaudio" / "data").glob("*.py"):
+        text = module.read_text()
+        assert "mindaudio.metrics" not in text and "mindaudio.models" not in text, module.name
 
 
 # ---------------------------------------------------------------------------------------------
