@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import mindspore.dataset as ms_dataset
 import numpy as np
 
-from mindaudio.config import SpectConfig
+from mindaudio.config import SpectConfig, UserError
 from mindaudio.data.augment import Augmentation
 from mindaudio.data.audio import AudioError, load_audio
 from mindaudio.data.features import log_spectrogram, num_frames, num_freq_bins
@@ -37,7 +37,7 @@ FRAME_MARGIN = 2
 LABEL_PAD_MULTIPLE = 8
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A batch that cannot be built; the message names the audio file at fault."""
 
 
