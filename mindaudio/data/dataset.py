@@ -286,7 +286,8 @@ class PaddedBatchSource:
     """Random-access source for GeneratorDataset: item i is batch i, padded, as numpy arrays.
 
     Item layout (B utterances, bucket frames T, bucket label length S):
-      features float32 (B, 1, freq, T), zero beyond each utterance's frames;
+      features float32 (B, 1, freq, T), zero beyond each utterance's frames; a row whose audio
+        is unusable is NaN throughout (see the module docstring);
       feature_lengths int32 (B,); labels int32 (B, S) padded with the blank id;
       label_lengths int32 (B,); indices int32 (B,) into `split.utterances`.
     Holds only plain data so worker processes can receive it by pickling.
