@@ -605,7 +605,7 @@ def test_original_data_path_and_download_flags(tmp_path, archives, corpus, capsy
     # Without the archive and with --download False, it names what is missing.
     assert main(["--data_path", str(tmp_path / "empty"), "--download", "False",
                  "--splits", "test_other"]) == 1
-    assert "--data_ready True, but these inputs are missing" in capsys.readouterr().err
+    assert "--data_ready True (--download False): nothing is downloaded, but these inputs are missing" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

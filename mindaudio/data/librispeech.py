@@ -565,7 +565,8 @@ def prepare_librispeech(root_path, splits: Sequence[str] = SPLITS, data_ready: b
     if data_ready:
         missing = _missing_inputs(root, needed)
         if missing:
-            raise PreparationError("--data_ready True, but these inputs are missing:\n  "
+            raise PreparationError("--data_ready True (--download False): nothing is downloaded, "
+                                   "but these inputs are missing:\n  "
                                    + "\n  ".join(missing))
     root.mkdir(parents=True, exist_ok=True)
     _check_disk_space(root, disk_space_needed(root, needed, keep_flac, archive_bytes))
