@@ -149,6 +149,22 @@ def test_transcripts_are_normalised_and_digits_dropped_with_their_line(tmp_path,
     assert sum("is not a label" in message for message in warnings) == 3
 
 
+def test_a_zero_sample_file_is_dropped_as_empty_audio_not_as_a_long_label(tmp_path, entries, tokenizer,
+                                                                         caplog):
+    empty = tmp_path / "empty.wav"
+    soundfile.write(str(empty), np.zeros(0, np.int16), 16000, subtype="PCM_16")
+    audio, text = entries[0]
+    manifest = write_json_lines(tmp_path / "with_empty.jsonl", [
+        {"audio_filepath": str(audio), "text": text}, {"audio_filepath": str(empty), "text": "HELLO"}])
+    with caplog.at_level(logging.WARNING, logger="mindaudio.data.dataset"):
+        split = load_split(manifest, tokenizer, SPECT, max_duration=30.0, output_frames=output_length)
+    assert [u.audio_path for u in split.utterances] == [str(audio)]
+    assert split.drops.empty_audio == 1 and split.drops.label_too_long == 0
+    assert "1 with empty audio" in split.summary()
+    assert any("with_empty.jsonl, line 2" in r.getMessage() and "empty.wav" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_drop_apostrophes_reaches_targets_and_references(tmp_path, entries):
     audio, _ = entries[0]
     manifest = write_json_lines(tmp_path / "apostrophes.jsonl", [

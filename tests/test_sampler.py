@@ -274,6 +274,6 @@ def test_step_count_is_the_same_every_epoch_and_rank():
 
 def test_drops_for_digits_count_in_the_total():
     from mindaudio.data.sampler import DropCounts
-    counts = DropCounts(too_long=1, empty_label=2, label_too_long=3, digits=4)
-    assert counts.total == 10
+    counts = DropCounts(too_long=1, empty_label=2, label_too_long=3, digits=4, empty_audio=5)
+    assert counts.total == 15
     assert DropCounts(1, 2, 3).digits == 0

@@ -184,7 +184,8 @@ class Split:
         text = (f"{self.manifest}: {len(self.utterances)} utterances kept ({hours:.2f} h), "
                 f"{self.drops.total} dropped ({self.drops.too_long} too long, "
                 f"{self.drops.empty_label} empty label, {self.drops.label_too_long} label longer "
-                f"than the CTC output, {self.drops.digits} with digits in the transcript)")
+                f"than the CTC output, {self.drops.digits} with digits in the transcript, "
+                f"{self.drops.empty_audio} with empty audio)")
         if self.unknown_chars:
             chars = ", ".join(f"{char!r} x{count}" for char, count
                               in sorted(self.unknown_chars.items()))
@@ -221,14 +222,23 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
     manifest = str(manifest_path)
     utterances = read_manifest(manifest)
     labels, unknown, with_digits = encode_transcripts(utterances, tokenizer)
-    if with_digits:
-        labelled = sorted(set(range(len(utterances))) - set(with_digits))
-        all_count = len(utterances)
+    # A manifest duration of 0 is an empty recording (a header of 0 frames): no features to
+    # compute, so it is left out and named, never counted as a label too long for the output.
+    empty_audio = [position for position, utterance in enumerate(utterances)
+                   if utterance.duration <= 0 and position not in set(with_digits)]
+    for position in empty_audio:
+        logger.warning("%s: %s holds no audio (duration 0): utterance left out",
+                       utterances[position].source or manifest, utterances[position].audio_path)
+    all_count = len(utterances)
+    if with_digits or empty_audio:
+        left_out = set(with_digits) | set(empty_audio)
+        labelled = [i for i in range(len(utterances)) if i not in left_out]
         utterances = [utterances[i] for i in labelled]
         labels = [labels[i] for i in labelled]
         if not utterances:
             raise DatasetError(f"manifest {manifest}: all {all_count} utterances were dropped "
-                               f"({len(with_digits)} with digits in the transcript)")
+                               f"({len(with_digits)} with digits in the transcript, "
+                               f"{len(empty_audio)} with empty audio)")
     durations = [utterance.duration for utterance in utterances]
 
     if fixed_frames < 0:
@@ -246,10 +256,9 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
             return output_frames(max(1, frames))
 
     kept, drops = filter_utterances(durations, labels, max_duration, ctc_frames)
-    drops = dataclasses.replace(drops, digits=len(with_digits))
+    drops = dataclasses.replace(drops, digits=len(with_digits), empty_audio=len(empty_audio))
     if kept.size == 0:
-        raise DatasetError(f"manifest {manifest}: all {len(utterances) + len(with_digits)} "
-                           f"utterances were dropped ({drops})")
+        raise DatasetError(f"manifest {manifest}: all {all_count} utterances were dropped ({drops})")
     kept_utterances = tuple(utterances[i] for i in kept)
     kept_labels = tuple(labels[i] for i in kept)
     closing = max_duration if max_duration is not None else max(
