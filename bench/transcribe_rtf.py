@@ -55,12 +55,12 @@ def main() -> int:
     transcriber = Transcriber(AcousticModel(model), config.SpectConfig, build_decoder(config),
                               chunk_seconds=args.chunk_seconds)
     utterances = extracted_utterances(Path(args.shared_dir) / "data" / "librispeech_mini" / "LibriSpeech")
-    by_id = {u.uid: u for u in utterances}
+    by_id = {u.id: u for u in utterances}
     with tempfile.TemporaryDirectory() as tmp:
         long_path = os.path.join(tmp, "long.flac")
-        signal = np.concatenate([sf.read(str(u.flac), dtype="float32")[0] for u in utterances[: args.long_utterances]])
+        signal = np.concatenate([sf.read(u.audio_path, dtype="float32")[0] for u in utterances[: args.long_utterances]])
         sf.write(long_path, signal, 16000)
-        files = {"short": str(by_id["1988-24833-0001"].flac), "long": long_path}
+        files = {"short": by_id["1988-24833-0001"].audio_path, "long": long_path}
         rows = {}
         for name, path in files.items():
             start = time.perf_counter()

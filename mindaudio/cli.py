@@ -155,34 +155,14 @@ def parse_command_line(argv: Optional[Sequence[str]], description: str,
 
 def check_config(config: Config, runs_model: bool = True) -> None:
     """The checks whose rules live above `mindaudio.config`, asked of their owners: the data layer's
-    (window names, labels, noise files), the model's frame geometry and the device."""
+    (window names, frame geometry, labels, noise files) and the device's."""
     from mindaudio.data.rules import check_data_config
 
     check_data_config(config)
     if runs_model:
-        check_frame_geometry(config)
         from mindaudio.runtime.device import choose_device
 
         choose_device(config.runtime.device_target)
-
-
-def check_frame_geometry(config: Config) -> None:
-    """ConfigError naming SpectConfig's key when its sample rate and window give no usable frames:
-    the features need a whole FFT window and hop (features.fft_size, hop_size) and the model's
-    convolutions at least one frequency bin out (deepspeech2.rnn_input_size)."""
-    from mindaudio.data.features import fft_size, hop_size
-    from mindaudio.models.deepspeech2 import rnn_input_size
-
-    spect = config.SpectConfig
-    for key, size in (("window_size", fft_size), ("window_stride", hop_size)):
-        try:
-            size(spect)
-        except ValueError as err:
-            raise ConfigError(f"{config.source}: SpectConfig.sample_rate: {spect.sample_rate} Hz is too low for "
-                              f"SpectConfig.{key} {getattr(spect, key)} s: {err}") from None
-    if rnn_input_size(spect.sample_rate, spect.window_size) <= 0:
-        raise ConfigError(f"{config.source}: SpectConfig.sample_rate: {spect.sample_rate} Hz with a "
-                          f"{spect.window_size} s window leaves the model's convolutions no frequency bin")
 
 
 def check_writable_dir(directory: str, key: str, config: Config) -> None:

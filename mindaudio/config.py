@@ -54,7 +54,7 @@ class TrainingConfig:
         default_factory=lambda: [2.0, 4.0, 6.0, 8.0, 10.0, 12.5, 15.0, 17.5, 20.0, 25.0, 30.0])
     # SortaGrad: the first epoch visits batches shortest first (DeepSpeech2 paper's curriculum).
     sortagrad: bool = True
-    # Processes computing features in parallel.
+    # Threads computing feature batches in parallel (worker threads of the dataset, not processes).
     num_workers: int = 2
     # Gradient accumulation over this many micro-batches before one optimizer update.
     accumulation_steps: int = 1
@@ -72,7 +72,7 @@ class SpectConfig:
     window_stride: float = 0.01
     window: str = "hamming"
     # True reproduces the original's features exactly (the published checkpoint was trained on
-    # them): periodic Hann window whatever `window` says, frames centred with reflection padding,
+    # them): periodic Hann window whatever `window` says, frames centred with zero padding,
     # log1p magnitude, one mean/std over the whole spectrogram. False honours `window` and normalises each frequency bin.
     original_compat: bool = True
     # Without original_compat: "log1p" (log(1 + |X|), the original's) or "log" (log(|X| + 1e-6)):

@@ -55,8 +55,8 @@ stage "5/6 transcribe $sample (reference: SEVEN)"
 
 stage "6/6 WER per held-out speaker"
 echo "greedy decoding:"
-"$PYTHON" mindaudio/data/digits.py --report "$report.json"
+"$PYTHON" scripts/digits_report.py "$report.json"
 echo "beam search + bigram LM:"
-"$PYTHON" mindaudio/data/digits.py --report "$report_lm.json"
+"$PYTHON" scripts/digits_report.py "$report_lm.json"
 printf '\ndone in %d s (up to the end of training: %d s); training curves: %s\n' \
     "$((SECONDS - started))" "$train_seconds" "$run_dir/ckpt/train_log.png"

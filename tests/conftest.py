@@ -1,12 +1,14 @@
-"""Shared test fixtures: where the real speech in ../shared/data lives, and MindSpore's execution mode."""
-import os
+"""Test fixtures: the real speech and reference listings shipped in `data/`, and MindSpore's execution mode.
+
+Everything the tests read lives inside the repository (`data/librispeech_mini`, `data/digits`,
+`data/reference`), so `bash scripts/test.sh` passes in a fresh clone with nothing beside it.
+"""
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# CI clones the project with shared/ beside it; a developer's checkout has the same layout.
-SHARED_DIR = Path(os.environ.get("DS2_SHARED_DIR", REPO_ROOT.parent / "shared"))
+DATA_DIR = REPO_ROOT / "data"
 
 
 @pytest.fixture(scope="session")
@@ -15,21 +17,28 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """`data/reference`: parameter lists of the original model and LibriSpeech listings."""
+    return DATA_DIR / "reference"
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED_DIR.is_dir():
-        pytest.fail(f"shared material not found at {SHARED_DIR} (set DS2_SHARED_DIR)")
-    return SHARED_DIR
+    """The project's `data/` folder, for tests written when this material lived in `../shared`:
+    `shared_dir / "reference" / ...` resolves to `data/reference/...`. Prefer `reference_dir`."""
+    return DATA_DIR
 
 
 @pytest.fixture(scope="session")
-def librispeech_mini(shared_dir) -> Path:
-    """The extracted `LibriSpeech/` tree with 14 real utterances in three splits."""
-    return shared_dir / "data" / "librispeech_mini" / "LibriSpeech"
+def librispeech_mini() -> Path:
+    """The extracted `LibriSpeech/` tree with 14 real utterances in three subsets."""
+    return DATA_DIR / "librispeech_mini" / "LibriSpeech"
 
 
 @pytest.fixture(scope="session")
-def fsdd_dir(shared_dir) -> Path:
-    return shared_dir / "data" / "fsdd"
+def digits_corpus() -> Path:
+    """The shipped spoken-digits corpus: `labels.tsv` and `recordings/*.flac` (8 kHz mono)."""
+    return DATA_DIR / "digits"
 
 
 @pytest.fixture(params=["graph", "pynative"])

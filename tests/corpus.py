@@ -1,6 +1,6 @@
 """The tiny DeepSpeech2 configuration of the tests that train.
 
-The shared LibriSpeech sample is read with `mindaudio.data.librispeech.extracted_utterances` and
+The bundled LibriSpeech sample (data/librispeech_mini) is read with `mindaudio.data.librispeech.extracted_utterances` and
 written to manifests with `mindaudio.data.manifest.write_manifest_with_transcripts`.
 """
 from pathlib import Path

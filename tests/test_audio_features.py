@@ -9,7 +9,8 @@ import soundfile
 
 from mindaudio.config import SpectConfig
 from mindaudio.data.audio import AudioError, audio_duration, load_audio, resample
-from mindaudio.data.features import log_spectrogram, num_frames, num_freq_bins
+from mindaudio.data.features import (WINDOW_NAMES, check_window, log_spectrogram, num_frames,
+                                     num_freq_bins)
 
 
 @pytest.fixture(scope="module")
@@ -20,32 +21,59 @@ def flac_files(librispeech_mini):
 
 
 def librosa_log_magnitude(signal, n_fft, hop, window):
-    # The original centred frames by reflecting the whole signal with np.pad (mindaudio.stft's
-    # default pad_mode). librosa's own centring reflects only a tail slice, which differs in the
-    # last sample when that slice is exactly n_fft // 2 long, so pad first and frame uncentred.
+    """log1p |STFT| with frames centred by reflection (features without original_compat).
+
+    np.pad reflects the whole signal; librosa's own centring reflects only a tail slice, which
+    differs in the last sample when that slice is exactly n_fft // 2 long, so pad first and frame
+    uncentred.
+    """
     padded = np.pad(signal.astype(np.float64), n_fft // 2, mode="reflect")
     stft = librosa.stft(padded, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window,
                         center=False)
     return np.log1p(np.abs(stft))
 
 
+def original_features(signal, n_fft, hop):
+    """The original's features by an independent route: librosa's STFT, centred with zeros
+    (`center=True, pad_mode="constant"`, as the original's mindaudio.stft), periodic Hann,
+    n_fft = win_length, log1p of the magnitude, one mean and std over the whole array."""
+    stft = librosa.stft(signal.astype(np.float64), n_fft=n_fft, hop_length=hop, win_length=n_fft,
+                        window="hann", center=True, pad_mode="constant")
+    log_magnitude = np.log1p(np.abs(stft))
+    return (log_magnitude - log_magnitude.mean()) / log_magnitude.std()
+
+
 # --- features ---------------------------------------------------------------------------------
 
-def test_compat_features_match_librosa_hann_with_global_normalisation(flac_files):
+def test_compat_features_equal_the_originals_on_every_frame_of_real_utterances(flac_files):
     # The default config names "hamming" but compat mode must use a periodic Hann window.
     spect = SpectConfig()
     assert spect.original_compat and spect.window == "hamming"
-    for path in flac_files[:3]:
-        signal, sample_rate = soundfile.read(path, dtype="float32")
-        assert sample_rate == 16000
-        log_magnitude = librosa_log_magnitude(signal, 320, 160, "hann")
-        expected = (log_magnitude - log_magnitude.mean()) / log_magnitude.std()
+    assert len(flac_files) == 14
+    for path in flac_files:
+        signal = load_audio(path, 16000)
+        expected = original_features(signal, 320, 160)
 
         features = log_spectrogram(signal, spect)
 
         assert features.dtype == np.float32
         assert features.shape == expected.shape == (161, expected.shape[1])
-        np.testing.assert_allclose(features, expected, rtol=1e-5, atol=2e-5)
+        # Every frame, the first and last (where the padding is) included.
+        np.testing.assert_allclose(features, expected, rtol=0, atol=1e-4, err_msg=str(path))
+        for edge in (0, 1, -2, -1):
+            np.testing.assert_allclose(features[:, edge], expected[:, edge], rtol=0, atol=1e-4)
+
+
+def test_compat_edge_frames_would_differ_with_reflection_padding(flac_files):
+    # The check above can fail: reflection (the previous behaviour) moves the edge frames far
+    # beyond its tolerance while the inner frames stay equal.
+    signal = load_audio(flac_files[0], 16000)
+    zeros = log_spectrogram(signal, SpectConfig())
+    reflected = librosa_log_magnitude(signal, 320, 160, "hann")
+    reflected = (reflected - reflected.mean()) / reflected.std()
+    edges = np.abs(zeros[:, [0, -1]] - reflected[:, [0, -1]]).max()
+    inner = np.abs(zeros[:, 2:-2] - reflected[:, 2:-2]).max()
+    assert edges > 0.05 and inner < 1e-2
 
 
 def test_compat_ignores_window_name():
@@ -102,17 +130,26 @@ def test_log_magnitude_log_matches_numpy_and_makes_loudness_irrelevant(flac_file
     assert change_with_log < 0.01 and change_with_log1p > 5 * change_with_log  # measured 0.0037, 0.034
 
 
-def test_unknown_window_is_rejected_when_honoured():
-    with pytest.raises(ValueError, match="kaiser"):
-        log_spectrogram(np.zeros(1600, np.float32), SpectConfig(window="kaiser",
-                                                                original_compat=False))
+@pytest.mark.parametrize("name", ["kaiser", "hanning"])
+def test_unknown_window_is_rejected_when_honoured(name):
+    with pytest.raises(ValueError, match=name):
+        log_spectrogram(np.zeros(1600, np.float32), SpectConfig(window=name, original_compat=False))
+    with pytest.raises(ValueError, match=name):
+        check_window(name)
+
+
+@pytest.mark.parametrize("name", WINDOW_NAMES)
+def test_every_accepted_window_name_is_computed(name):
+    check_window(name)
+    features = log_spectrogram(np.random.default_rng(3).normal(0, 0.1, 1600).astype(np.float32),
+                               SpectConfig(window=name, original_compat=False))
+    assert np.isfinite(features).all()
 
 
 def test_other_sample_rate_and_window_sizes_match_librosa():
     spect = SpectConfig(sample_rate=8000, window_size=0.025, window_stride=0.01)
     signal = np.random.default_rng(2).normal(0, 0.1, 8000 + 37).astype(np.float32)
-    log_magnitude = librosa_log_magnitude(signal, 200, 80, "hann")
-    expected = (log_magnitude - log_magnitude.mean()) / log_magnitude.std()
+    expected = original_features(signal, 200, 80)
     features = log_spectrogram(signal, spect)
     assert num_freq_bins(spect) == 101 == features.shape[0]
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=2e-5)
@@ -186,8 +223,8 @@ def test_audio_duration_reads_header(flac_files):
         assert audio_duration(path) == pytest.approx(len(pcm) / sample_rate)
 
 
-def test_fsdd_8k_resampled_to_16k(fsdd_dir):
-    path = sorted((fsdd_dir / "recordings").glob("*.wav"))[0]
+def test_fsdd_8k_resampled_to_16k(digits_corpus):
+    path = sorted((digits_corpus / "recordings").glob("*.flac"))[0]
     original, sample_rate = soundfile.read(path, dtype="float32")
     assert sample_rate == 8000
     upsampled = load_audio(path, 16000)
@@ -250,3 +287,57 @@ def test_missing_file_raises_audio_error_naming_it(tmp_path):
         load_audio(path, 16000)
     with pytest.raises(AudioError, match="nowhere.flac"):
         audio_duration(path)
+
+
+def test_audio_errors_are_user_errors():
+    from mindaudio.config import UserError
+    assert issubclass(AudioError, UserError)
+
+
+def test_directory_is_named_as_a_directory_not_a_missing_file(tmp_path):
+    with pytest.raises(AudioError, match="is a directory"):
+        load_audio(tmp_path, 16000)
+    with pytest.raises(AudioError, match="is a directory"):
+        audio_duration(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_an_audio_error_naming_the_file(tmp_path, bad):
+    signal = np.random.default_rng(4).normal(0, 0.1, 1600).astype(np.float32)
+    signal[700] = bad
+    path = tmp_path / "poisoned.wav"
+    soundfile.write(str(path), signal, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"poisoned\.wav.*1 NaN or infinite sample\(s\) \(first at frame 700\)"):
+        load_audio(path, 16000)
+    signal[700] = 0.0
+    soundfile.write(str(path), signal, 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path, 16000), signal)  # the same file, healed, reads
+
+
+def test_truncated_wav_is_an_audio_error_not_shorter_audio(tmp_path, flac_files):
+    signal, _ = soundfile.read(flac_files[0], dtype="int16")
+    whole = tmp_path / "whole.wav"
+    soundfile.write(str(whole), signal, 16000, subtype="PCM_16")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    # libsndfile alone reads the cut file as shorter audio without a word.
+    assert 0 < soundfile.info(str(cut)).frames < len(signal)
+    with pytest.raises(AudioError, match=r"cut\.wav.*truncated"):
+        load_audio(cut, 16000)
+    assert load_audio(whole, 16000).shape == signal.shape
+
+
+def test_truncated_flac_is_an_audio_error(tmp_path, flac_files):
+    data = flac_files[0].read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"cut\.flac"):
+        load_audio(cut, 16000)
+
+
+def test_zero_sample_file_is_an_audio_error_saying_empty(tmp_path):
+    path = tmp_path / "silent.wav"
+    soundfile.write(str(path), np.zeros(0, np.int16), 16000, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"silent\.wav.*empty"):
+        load_audio(path, 16000)

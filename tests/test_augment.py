@@ -3,6 +3,8 @@ reproducibility, and that switching it off (or evaluating) changes nothing."""
 import math
 
 import mindaudio  # noqa: F401  (sets the oneDNN ISA before mindspore is imported)
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile
@@ -102,7 +104,7 @@ def test_augmentation_off_is_none_and_features_are_bit_identical(manifest, utter
     assert split.bucket_frames == bucket_frames(split.edges, SPECT)
     batches = make_sampler(split, 2, train=True, seed=3).batches(1)
     dataset = build_dataset(split, SPECT, batches, tokenizer.blank_id, augmentation=None, epoch=1)
-    paths = {str(u[1].resolve()): u[1] for u in utterances}
+    paths = {str(Path(u.audio_path).resolve()): u.audio_path for u in utterances}
     for batch in dataset.create_dict_iterator(output_numpy=True, num_epochs=1):
         for row, index in enumerate(batch["indices"]):
             audio = paths[split.utterances[index].audio_path]
@@ -225,7 +227,7 @@ def test_speed_perturbed_batches_have_stretched_lengths_and_are_never_cropped(ma
 def test_ctc_fit_check_allows_for_the_fastest_speed(utterances, tokenizer, tmp_path):
     from mindaudio.models.deepspeech2 import output_length
 
-    utt_id, audio, _ = utterances[0]  # 3.275 s: 328 frames, 163 CTC outputs at speed 1 (2-frame margin)
+    utt_id, audio = utterances[0].id, utterances[0].audio_path  # 3.275 s: 328 frames, 163 CTC outputs at speed 1 (2-frame margin)
     samples = soundfile.info(str(audio)).frames
     at_speed = {speed: output_length(num_frames(int(round(samples / speed)), SPECT) - 2)
                 for speed in (1.0, 1.1)}

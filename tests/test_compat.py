@@ -156,3 +156,25 @@ def test_unmasked_model_depends_on_padding_as_the_original_did(config):
                                           - long.asnumpy()[:out_frames]).max())
     assert difference[True] < 1e-4
     assert difference[False] > 1e-3
+
+
+def test_the_original_text_handling_is_on_in_the_recipe_and_off_for_the_digits(repo_root):
+    recipe = CharTokenizer.from_config(load_config(str(repo_root / "deepspeech2.yaml")))
+    digits = CharTokenizer.from_config(load_config(str(repo_root / "configs" / "digits.yaml")))
+    assert recipe.normalise("Don't stop").text == "DONT STOP"  # scored as the published 10.24
+    assert recipe.drop_apostrophes and not digits.drop_apostrophes
+
+
+def test_compat_features_pad_the_edges_with_zeros(manifest):
+    # A signal of silence then a tone: zero padding keeps the first frame quiet, while reflection
+    # would mirror the signal's start into it. Zero padding is what the original computed.
+    rate = 16000
+    signal = np.zeros(rate, np.float32)
+    signal[160:] = 0.5 * np.sin(2 * np.pi * 440 * np.arange(rate - 160) / rate)
+    spect = config_from_dict({}).SpectConfig
+    features = log_spectrogram(signal, spect)
+    padded = np.pad(signal, 160)  # zeros
+    first = np.log1p(np.abs(np.fft.rfft(padded[:320] * np.hanning(321)[:-1])))
+    whole = np.log1p(np.abs(np.stack([np.fft.rfft(padded[i:i + 320] * np.hanning(321)[:-1])
+                                      for i in range(0, len(padded) - 319, 160)], axis=1)))
+    np.testing.assert_allclose(features[:, 0], (first - whole.mean()) / whole.std(), atol=1e-4)

@@ -128,20 +128,63 @@ def test_real_model_output_frames_keep_real_speech(manifest, entries, tokenizer)
     assert len(split.utterances) == len(entries)
 
 
-def test_unknown_characters_are_removed_and_reported_once(tmp_path, entries, tokenizer,
-                                                           caplog):
-    (audio, _), (audio2, _) = entries[:2]
+def test_transcripts_are_normalised_and_digits_dropped_with_their_line(tmp_path, entries, tokenizer,
+                                                                       caplog):
+    (audio, _), (audio2, _), (audio3, _) = entries[:3]
     manifest = write_json_lines(tmp_path / "odd.jsonl", [
-        {"audio_filepath": str(audio), "text": "café 42 au lait"},
-        {"audio_filepath": str(audio2), "text": "one é two"},
+        {"audio_filepath": str(audio), "text": "café—au lait!"},
+        {"audio_filepath": str(audio2), "text": "one 42 two"},
+        {"audio_filepath": str(audio3), "text": "ZÉRO—ONE, don't"},
     ])
     with caplog.at_level(logging.WARNING, logger="mindaudio.data.dataset"):
         split = load_split(manifest, tokenizer, SPECT)
-    assert split.unknown_chars == {"É": 2, "4": 1, "2": 1}
-    assert tokenizer.decode(split.labels[0]) == "CAF  AU LAIT"
+    assert split.references == ("CAFE AU LAIT", "ZERO ONE DON'T")
+    assert [tokenizer.decode(label) for label in split.labels] == list(split.references)
+    assert [u.audio_path for u in split.utterances] == [str(audio), str(audio3)]
+    assert split.drops.digits == 1 and split.drops.total == 1
+    assert split.unknown_chars == {"—": 2, "!": 1, ",": 1}
+    assert "1 with digits in the transcript" in split.summary()
     warnings = [record.getMessage() for record in caplog.records]
-    assert len(warnings) == 3
-    assert any("'É'" in message and "2 time" in message for message in warnings)
+    assert any("odd.jsonl, line 2" in message and "digits" in message for message in warnings)
+    assert sum("is not a label" in message for message in warnings) == 3
+
+
+def test_a_zero_sample_file_is_dropped_as_empty_audio_not_as_a_long_label(tmp_path, entries, tokenizer,
+                                                                         caplog):
+    empty = tmp_path / "empty.wav"
+    soundfile.write(str(empty), np.zeros(0, np.int16), 16000, subtype="PCM_16")
+    audio, text = entries[0]
+    manifest = write_json_lines(tmp_path / "with_empty.jsonl", [
+        {"audio_filepath": str(audio), "text": text}, {"audio_filepath": str(empty), "text": "HELLO"}])
+    with caplog.at_level(logging.WARNING, logger="mindaudio.data.dataset"):
+        split = load_split(manifest, tokenizer, SPECT, max_duration=30.0, output_frames=output_length)
+    assert [u.audio_path for u in split.utterances] == [str(audio)]
+    assert split.drops.empty_audio == 1 and split.drops.label_too_long == 0
+    assert "1 with empty audio" in split.summary()
+    assert any("with_empty.jsonl, line 2" in r.getMessage() and "empty.wav" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_drop_apostrophes_reaches_targets_and_references(tmp_path, entries):
+    audio, _ = entries[0]
+    manifest = write_json_lines(tmp_path / "apostrophes.jsonl", [
+        {"audio_filepath": str(audio), "text": "DON'T YOU KNOW IT'S TRUE"}])
+    kept = load_split(manifest, CharTokenizer(DEFAULT_LABELS), SPECT)
+    dropped = load_split(manifest, CharTokenizer(DEFAULT_LABELS, drop_apostrophes=True), SPECT)
+    assert kept.references == ("DON'T YOU KNOW IT'S TRUE",)
+    assert dropped.references == ("DONT YOU KNOW ITS TRUE",)
+    assert 0 in kept.labels[0] and 0 not in dropped.labels[0]  # id 0: the apostrophe
+    assert len(dropped.labels[0]) == len(kept.labels[0]) - 2
+
+
+@pytest.mark.parametrize("text", [None, 3, ["A"]])
+def test_a_non_string_transcript_is_a_manifest_error_naming_the_line(tmp_path, entries, tokenizer, text):
+    from mindaudio.data.manifest import ManifestError
+    audio, good = entries[0]
+    manifest = write_json_lines(tmp_path / "typed.jsonl", [
+        {"audio_filepath": str(audio), "text": good}, {"audio_filepath": str(audio), "text": text}])
+    with pytest.raises(ManifestError, match=r"typed\.jsonl, line 2: 'text' must be a string"):
+        load_split(manifest, tokenizer, SPECT)
 
 
 def test_a_split_with_nothing_left_is_an_error(tmp_path, entries, tokenizer):
@@ -216,28 +259,85 @@ def test_parallel_workers_give_the_same_batches_in_order(manifest, tokenizer):
                 np.testing.assert_array_equal(one[column], other[column])
 
 
-def test_unreadable_audio_names_the_file(tmp_path, tokenizer):
-    broken = tmp_path / "broken.flac"
-    broken.write_bytes(b"this is not a flac file" * 50)
-    manifest = write_json_lines(tmp_path / "broken.jsonl", [
-        {"audio_filepath": str(broken), "text": "HELLO", "duration": 1.5}])
+@pytest.fixture(scope="module")
+def poisoned(entries, tmp_path_factory):
+    """A manifest of 4 good utterances and 3 bad ones: undecodable, NaN samples, and a real
+    length far beyond the manifest's duration. Returns (manifest, {bad path: reason fragment})."""
+    folder = tmp_path_factory.mktemp("poisoned")
+    rows = [{"audio_filepath": str(audio), "text": text} for audio, text in entries[:4]]
+    corrupt = folder / "corrupt.flac"
+    corrupt.write_bytes(b"this is not a flac file" * 50)
+    signal, rate = soundfile.read(str(entries[4][0]), dtype="float32")
+    signal[rate // 2] = np.nan
+    nan_wav = folder / "nan.wav"
+    soundfile.write(str(nan_wav), signal, rate, subtype="FLOAT")
+    short = round(true_seconds(entries[5][0]) - 1.0, 2)  # the real audio is 1 s longer
+    rows += [{"audio_filepath": str(corrupt), "text": "HELLO", "duration": 1.5},
+             {"audio_filepath": str(nan_wav), "text": entries[4][1]},
+             {"audio_filepath": str(entries[5][0]), "text": entries[5][1], "duration": short}]
+    reasons = {str(corrupt): "", str(nan_wav): "NaN or infinite",
+               str(entries[5][0]): f"differs from the manifest's duration {short:.3f} s"}
+    return write_json_lines(folder / "poisoned.jsonl", rows), reasons
+
+
+@pytest.mark.parametrize("workers", [1, 2, 64])  # 64: more than this machine has, clamped
+def test_bad_audio_fills_its_row_with_nan_and_is_named_never_ending_the_epoch(poisoned, tokenizer,
+                                                                              workers):
+    manifest, reasons = poisoned
+    split = load_split(manifest, tokenizer, SPECT, bucket_boundaries=[2.0, 8.0, 20.0],
+                       max_duration=30.0, output_frames=output_length)
+    assert len(split.utterances) == 7
+    batches = make_sampler(split, 2, train=True, seed=3).batches(0)
+    dataset = build_dataset(split, SPECT, batches, tokenizer.blank_id, num_workers=workers)
+    rows = iterate(dataset)
+    assert len(rows) == len(batches)  # every batch arrives, in the planned shapes
+    seen = set()
+    for batch, row in zip(batches, rows):
+        assert row["features"].shape[0] == len(batch.indices)
+        for features, length, label_length, index in zip(row["features"], row["feature_lengths"],
+                                                         row["label_lengths"], row["indices"]):
+            path = split.utterances[index].audio_path
+            seen.add(path)
+            assert 0 < length <= batch.frames and label_length == len(split.labels[index])
+            if path in reasons:
+                assert np.isnan(features).all(), path
+            else:
+                reference = reference_spectrogram(path)
+                np.testing.assert_array_equal(features[0, :, :length], reference)
+                assert not features[0, :, length:].any()
+    assert len(seen) == 7
+    named = dict(split.problems.items())
+    assert set(named) == set(reasons) and dataset.problems is split.problems
+    for path, fragment in reasons.items():
+        assert fragment in named[path]
+    assert "corrupt.flac" in split.summary() and "3 unusable audio file(s)" in split.summary()
+    # A second epoch meets the same files again: each stays recorded once.
+    iterate(build_dataset(split, SPECT, make_sampler(split, 2, train=True, seed=3).batches(1),
+                          tokenizer.blank_id))
+    assert len(split.problems) == 3
+
+
+def test_the_problem_log_survives_pickling_for_worker_processes(poisoned, tokenizer):
+    import pickle
+    manifest, reasons = poisoned
     split = load_split(manifest, tokenizer, SPECT)
-    dataset = build_dataset(split, SPECT, make_sampler(split, 2, train=False).batches(0),
-                            tokenizer.blank_id)
-    with pytest.raises(RuntimeError, match="broken.flac"):
-        iterate(dataset)
-
-
-def test_a_wrong_duration_is_never_cropped(tmp_path, entries, tokenizer):
-    audio, text = entries[0]
-    assert true_seconds(audio) > 2.0
-    manifest = write_json_lines(tmp_path / "short.jsonl", [
-        {"audio_filepath": str(audio), "text": text, "duration": 1.0}])
-    split = load_split(manifest, tokenizer, SPECT, bucket_boundaries=[2.0])
-    source = PaddedBatchSource(split, SPECT, make_sampler(split, 1, train=False).batches(0),
+    source = PaddedBatchSource(split, SPECT, make_sampler(split, 7, train=False).batches(0),
                                tokenizer.blank_id)
-    with pytest.raises(DatasetError, match=f"{audio.name}: .* feature frames exceed"):
-        source[0]
+    source[0]
+    copy = pickle.loads(pickle.dumps(source))
+    assert copy.problems.items() == split.problems.items() and len(copy.problems) == 3
+    copy.problems.record("elsewhere.wav", "why")
+    assert len(split.problems) == 3  # the copy is a worker's own
+
+
+def test_audio_a_little_off_its_duration_is_accepted(tmp_path, entries, tokenizer):
+    audio, text = entries[0]
+    manifest = write_json_lines(tmp_path / "close.jsonl", [
+        {"audio_filepath": str(audio), "text": text, "duration": round(true_seconds(audio), 2) - 0.01}])
+    split = load_split(manifest, tokenizer, SPECT)
+    features = PaddedBatchSource(split, SPECT, make_sampler(split, 1, train=False).batches(0),
+                                 tokenizer.blank_id)[0][0]
+    assert np.isfinite(features).all() and len(split.problems) == 0
 
 
 def test_empty_plan_is_an_error(manifest, tokenizer):

@@ -1,6 +1,8 @@
 """The bundled spoken-digits recipe: the shipped corpus, its preparer, per-speaker scoring, and a
 brief training run that must recognise speakers it never heard."""
 import csv
+import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,13 +13,26 @@ import pytest
 import soundfile as sf
 
 from mindaudio.data.audio import load_audio
-from mindaudio.data.digits import (DEFAULT_TEST_SPEAKERS, CorpusError, add_per_speaker, prepare_digits,
-                                   read_labels, speaker_of, split_recordings)
+from mindaudio.data.digits import (DEFAULT_TEST_SPEAKERS, CorpusError, prepare_digits, read_labels,
+                                   speaker_of, split_recordings)
 from mindaudio.data.manifest import read_manifest
 from mindaudio.decoding.ngram import build_arpa
 from mindaudio.metrics import error_rates_by_group
 
 SPEAKERS = {"george", "jackson", "lucas", "theo", "yweweler"}
+
+
+def _load_digits_report():
+    """scripts/digits_report.py, the per-speaker scoring above the data layer, as a module."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "digits_report.py"
+    spec = importlib.util.spec_from_file_location("digits_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+digits_report = _load_digits_report()
+add_per_speaker = digits_report.add_per_speaker
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +41,16 @@ def corpus(repo_root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fsdd_rows(fsdd_dir):
-    with open(fsdd_dir / "labels.tsv", newline="") as handle:
+def fsdd_samples(reference_dir):
+    """{id: (frames, MD5 of the int16 samples)} computed from FSDD's own WAV files."""
+    with open(reference_dir / "fsdd_wav_samples.tsv", newline="") as handle:
+        return {row["id"]: (int(row["frames"]), row["samples_md5"])
+                for row in csv.DictReader(handle, delimiter="\t")}
+
+
+@pytest.fixture(scope="module")
+def fsdd_rows(corpus):
+    with open(corpus / "labels.tsv", newline="") as handle:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
@@ -45,19 +68,20 @@ def manifest_path(root: Path, split: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # The shipped corpus
 
-def test_shipped_flacs_are_sample_exact_copies_of_the_fsdd_wavs(corpus, fsdd_dir, fsdd_rows):
+def test_shipped_flacs_are_sample_exact_copies_of_the_fsdd_wavs(corpus, fsdd_samples):
     flacs = sorted(path.stem for path in (corpus / "recordings").glob("*.flac"))
-    assert flacs == sorted(row["id"] for row in fsdd_rows)
-    for row in fsdd_rows:
-        wav, wav_rate = sf.read(str(fsdd_dir / "recordings" / f"{row['id']}.wav"), dtype="int16")
-        flac, flac_rate = sf.read(str(corpus / "recordings" / f"{row['id']}.flac"), dtype="int16")
-        assert flac_rate == wav_rate == 8000
-        np.testing.assert_array_equal(flac, wav, err_msg=row["id"])
-        assert sf.info(str(corpus / "recordings" / f"{row['id']}.flac")).subtype == "PCM_16"
+    assert flacs == sorted(fsdd_samples) and len(flacs) == 2500
+    for recording_id, (frames, samples_md5) in fsdd_samples.items():
+        path = corpus / "recordings" / f"{recording_id}.flac"
+        flac, flac_rate = sf.read(str(path), dtype="int16")
+        assert flac_rate == 8000 and flac.ndim == 1 and flac.shape[0] == frames, recording_id
+        assert hashlib.md5(flac.astype("<i2").tobytes()).hexdigest() == samples_md5, recording_id
+        assert sf.info(str(path)).subtype == "PCM_16"
 
 
-def test_shipped_labels_licence_and_attribution(corpus, fsdd_dir):
-    assert (corpus / "labels.tsv").read_bytes() == (fsdd_dir / "labels.tsv").read_bytes()
+def test_shipped_labels_licence_and_attribution(corpus, reference_dir):
+    expected = (reference_dir / "fsdd_labels.sha256").read_text().split()[0]
+    assert hashlib.sha256((corpus / "labels.tsv").read_bytes()).hexdigest() == expected
     licence = (corpus / "LICENSE").read_text()
     assert "Attribution-ShareAlike 4.0 International" in licence
     assert "Section 3 -- License Conditions." in licence  # the full legal text, not a summary
@@ -188,7 +212,7 @@ def test_per_speaker_breakdown_is_added_to_an_eval_report(tmp_path, repo_root):
             {"id": "5_george_0", "reference": "FIVE", "hypothesis": "FIVE"}]
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"wer": 100 / 3, "cer": 0.0, "utterances": rows}))
-    proc = subprocess.run([sys.executable, "mindaudio/data/digits.py", "--report", str(report)],
+    proc = subprocess.run([sys.executable, "scripts/digits_report.py", str(report)],
                           cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     per_speaker = json.loads(report.read_text())["per_speaker"]
@@ -199,8 +223,18 @@ def test_per_speaker_breakdown_is_added_to_an_eval_report(tmp_path, repo_root):
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["speaker", "utterances", "WER", "%", "CER", "%"]
     assert lines[2].split()[:3] == ["theo", "2", "50.00"]
-    with pytest.raises(CorpusError, match="not an eval.py report"):
+    with pytest.raises(digits_report.ReportError, match="missing.json: not an eval.py report"):
         add_per_speaker(tmp_path / "missing.json")
+    missing = subprocess.run([sys.executable, "scripts/digits_report.py", str(tmp_path / "missing.json")],
+                             cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+
+
+def test_data_layer_does_not_import_metrics(repo_root):
+    # data sits below metrics: the per-speaker scoring lives in scripts/digits_report.py.
+    for module in (repo_root / "mindaudio" / "data").glob("*.py"):
+        text = module.read_text()
+        assert "mindaudio.metrics" not in text and "mindaudio.models" not in text, module.name
 
 
 # ---------------------------------------------------------------------------------------------

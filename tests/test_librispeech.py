@@ -1,4 +1,4 @@
-"""LibriSpeech preparer: real archives built from the shared sample, served over a real local HTTP server."""
+"""LibriSpeech preparer: real archives built from the bundled sample, served over a real local HTTP server."""
 import hashlib
 import http.server
 import io
@@ -20,7 +20,8 @@ from scipy.signal import resample_poly
 
 from mindaudio.data.archives import (ChecksumError, UnsafeArchiveError, check_member, download_archive,
                                      safe_extract, verification_marker, verify_archive)
-from mindaudio.data.librispeech import (ARCHIVES, PreparationError, extracted_utterances, main, parse_bool,
+from mindaudio.data.librispeech import (ARCHIVES, PreparationError, conversion_record, disk_space_needed,
+                                        extracted_utterances, main, parse_bool,
                                         prepare_librispeech)
 
 REAL_SUBSETS = ("test-clean", "dev-clean", "train-clean-100")
@@ -358,9 +359,9 @@ def test_bad_audio_and_unpaired_transcripts_are_reported(tmp_path, corpus, capsy
 
 def test_extracted_tree_is_read_in_place_and_unpaired_audio_is_refused(tmp_path, librispeech_mini):
     expected = _read_trans(librispeech_mini)
-    assert [(u.uid, u.text, u.flac) for u in extracted_utterances(librispeech_mini)] == [
+    assert [(u.id, u.transcript, Path(u.audio_path)) for u in extracted_utterances(librispeech_mini)] == [
         (uid, *expected[uid]) for uid in sorted(expected)]
-    assert [u.uid for u in extracted_utterances(librispeech_mini, ["dev-clean"])] == sorted(
+    assert [u.id for u in extracted_utterances(librispeech_mini, ["dev-clean"])] == sorted(
         _read_trans(librispeech_mini / "dev-clean"))
     tree = tmp_path / "LibriSpeech"
     shutil.copytree(librispeech_mini / "test-clean", tree / "test-clean")
@@ -372,11 +373,11 @@ def test_extracted_tree_is_read_in_place_and_unpaired_audio_is_refused(tmp_path,
         extracted_utterances(tmp_path / "absent")
 
 
-def test_resamples_and_downmixes_other_input(tmp_path, fsdd_dir, corpus):
+def test_resamples_and_downmixes_other_input(tmp_path, digits_corpus, corpus):
     root = tmp_path / "data"
     chapter = root / "LibriSpeech" / "test-other" / "7" / "1"
     chapter.mkdir(parents=True)
-    digit_path = sorted((fsdd_dir / "recordings").glob("*.wav"))[0]
+    digit_path = sorted((digits_corpus / "recordings").glob("*.flac"))[0]
     digit, digit_rate = sf.read(str(digit_path), dtype="int16")
     assert digit_rate == 8000
     sf.write(str(chapter / "7-1-0000.flac"), digit, 8000, subtype="PCM_16")
@@ -411,7 +412,9 @@ def test_interrupted_extraction_and_conversion_resume(tmp_path, archives, corpus
     root.mkdir()
     shutil.copy(archives[0] / "test-clean.tar.gz", root)
     prepare_librispeech(root, splits=["test_clean"], data_ready=True, workers=1, base_url=NOWHERE,
-                        archive_md5s=archives[1], progress=False, verbose=False)
+                        archive_md5s=archives[1], progress=False, verbose=False, keep_flac=True)
+    # Killed before the subset's WAVs were all checked: no conversion record, FLAC still there.
+    conversion_record(root / "LibriSpeech" / "test-clean").unlink()
     (root / "LibriSpeech" / ".test-clean.extracted").unlink()
     damaged = next((root / "LibriSpeech" / "test-clean").rglob("*.flac"))
     damaged.write_bytes(damaged.read_bytes()[:1000])
@@ -583,3 +586,114 @@ def test_main_rejects_bad_arguments(tmp_path, capsys):
 @pytest.mark.parametrize("text, value", [("True", True), ("false", False), ("1", True), ("No", False)])
 def test_parse_bool(text, value):
     assert parse_bool(text) is value
+
+
+# --------------------------------------------------------------------------------------------
+# The original's flags, FLAC deletion, disk space (issue 13) and minor messages (issue 14)
+
+def test_original_data_path_and_download_flags(tmp_path, archives, corpus, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(archives[0] / "test-clean.tar.gz", root)
+    # --download False: the archives are already in --data_path (our --data_ready True); the
+    # archive here is locally built, so its published MD5 must not match: the error proves the
+    # run used the local archive and did not try the network.
+    assert main(["--data_path", str(root), "--download", "False", "--splits", "test_clean"]) == 1
+    err = capsys.readouterr().err
+    assert "test-clean.tar.gz" in err and "MD5" in err
+    assert "put a good copy of the archive there" in err and "fetches it again" not in err
+    # Without the archive and with --download False, it names what is missing.
+    assert main(["--data_path", str(tmp_path / "empty"), "--download", "False",
+                 "--splits", "test_other"]) == 1
+    assert "--data_ready True (--download False): nothing is downloaded, but these inputs are missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--root_path (or the original's --data_path) is required"),
+    (["--root_path", "a", "--data_path", "b"], "name different folders"),
+    (["--root_path", "a", "--download", "True", "--data_ready", "True"], "contradicts"),
+])
+def test_flag_mistakes_are_one_line_errors(argv, message, capsys):
+    assert main(argv + ["--splits", "test_clean"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_flac_is_deleted_once_wavs_are_checked_and_a_rerun_needs_no_flac(tmp_path, archives, corpus):
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(archives[0] / "test-clean.tar.gz", root)
+    summary = prepare_librispeech(root, splits=["test_clean"], data_ready=True, workers=1,
+                                  base_url=NOWHERE, archive_md5s=archives[1], progress=False,
+                                  verbose=False)
+    assert summary.problems == []
+    check_split(root, "test_clean", corpus)
+    subset = root / "LibriSpeech" / "test-clean"
+    assert not subset.exists() and conversion_record(subset).is_file()
+    assert (root / "test-clean.tar.gz").is_file()  # the archive stays: MD5 cache and re-extraction
+
+    # A rerun (manifest and a transcript lost meanwhile) rebuilds them without the FLAC.
+    (root / "test_clean" / "libri_test_clean_manifest.json").unlink()
+    next((root / "test_clean" / "txt").glob("*.txt")).unlink()
+    again = prepare_librispeech(root, splits=["test_clean"], data_ready=True, workers=1,
+                                base_url=NOWHERE, archive_md5s=archives[1], progress=False,
+                                verbose=False)
+    assert again.problems == [] and again.splits[0].converted == 0 and not subset.exists()
+    check_split(root, "test_clean", corpus)
+
+    # A lost WAV cannot be rebuilt without its FLAC: named, with the way out.
+    lost = next((root / "test_clean" / "wav").glob("*.wav"))
+    lost.unlink()
+    third = prepare_librispeech(root, splits=["test_clean"], data_ready=True, workers=1,
+                                base_url=NOWHERE, archive_md5s=archives[1], progress=False,
+                                verbose=False)
+    [problem] = third.problems
+    assert problem.kind == "missing WAV" and lost.name in problem.path
+    assert str(conversion_record(subset)) in problem.detail
+
+
+def test_keep_flac_keeps_the_tree_and_a_users_own_tree_is_never_deleted(tmp_path, archives, corpus):
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(archives[0] / "test-clean.tar.gz", root)
+    prepare_librispeech(root, splits=["test_clean"], data_ready=True, workers=1, base_url=NOWHERE,
+                        archive_md5s=archives[1], progress=False, verbose=False, keep_flac=True)
+    assert len(list((root / "LibriSpeech" / "test-clean").rglob("*.flac"))) == 6
+
+    own = tmp_path / "own"
+    shutil.copytree(corpus / "test-clean", own / "LibriSpeech" / "test-clean")
+    prepare_librispeech(own, splits=["test_clean"], data_ready=True, workers=1, base_url=NOWHERE,
+                        progress=False, verbose=False)
+    check_split(own, "test_clean", corpus)
+    assert len(list((own / "LibriSpeech" / "test-clean").rglob("*.flac"))) == 6
+
+
+def test_disk_space_is_checked_before_anything_starts(tmp_path, archives):
+    root = tmp_path / "data"
+    root.mkdir()
+    free = shutil.disk_usage(root).free
+    too_big = {"test-other.tar.gz": free}  # the download, its FLAC and WAVs: about 4x free
+    with pytest.raises(PreparationError, match=r"not enough free disk space .* bytes .* available") as raised:
+        prepare_librispeech(root, splits=["test_other"], workers=1, base_url=NOWHERE,
+                            archive_bytes=too_big, progress=False, verbose=False)
+    assert f"{free:,}".split(",")[0] in str(raised.value)
+    assert sorted(os.listdir(root)) == []  # nothing downloaded or created
+
+    # The estimate: download + one FLAC tree (deleted before the next) + 2x for the WAVs.
+    sizes = {archive.name: 1000 for archive in ARCHIVES}
+    val = [archive for archive in ARCHIVES if archive.split == "val"]
+    assert disk_space_needed(root, val, keep_flac=False, archive_bytes=sizes) == 2 * 1000 + 1000 + 2 * 2000
+    assert disk_space_needed(root, val, keep_flac=True, archive_bytes=sizes) == 2 * 1000 + 2 * 1000 + 2 * 2000
+    # An archive already there is measured, not downloaded again.
+    shutil.copy(archives[0] / "dev-clean.tar.gz", root)
+    size = (root / "dev-clean.tar.gz").stat().st_size
+    assert disk_space_needed(root, val[:1], keep_flac=False, archive_bytes=sizes) == size + 2 * size
+
+
+def test_download_error_mentions_no_part_file_when_nothing_arrived(tmp_path):
+    from mindaudio.data.archives import DownloadError
+    with pytest.raises(DownloadError) as raised:
+        download_archive("http://127.0.0.1:9/none.tar.gz", tmp_path / "none.tar.gz", "0" * 32,
+                         retries=0, progress=False)
+    assert "nothing was received" in str(raised.value) and ".part" not in str(raised.value)
+    assert not (tmp_path / "none.tar.gz.part").exists() or (tmp_path / "none.tar.gz.part").stat().st_size == 0

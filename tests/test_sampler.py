@@ -270,3 +270,10 @@ def test_step_count_is_the_same_every_epoch_and_rank():
                                  world_size=world_size))
                   for epoch in range(3) for rank in range(world_size)}
         assert len(counts) == 1
+
+
+def test_drops_for_digits_count_in_the_total():
+    from mindaudio.data.sampler import DropCounts
+    counts = DropCounts(too_long=1, empty_label=2, label_too_long=3, digits=4, empty_audio=5)
+    assert counts.total == 15
+    assert DropCounts(1, 2, 3).digits == 0

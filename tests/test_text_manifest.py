@@ -12,7 +12,7 @@ import soundfile
 from mindaudio.config import DEFAULT_LABELS
 from mindaudio.data.manifest import (ManifestError, Utterance, read_manifest, write_manifest,
                                      write_manifest_with_transcripts)
-from mindaudio.data.text import CharTokenizer
+from mindaudio.data.text import CharTokenizer, check_labels
 
 YAML_LABELS = ["'"] + [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [" ", "_"]
 
@@ -43,12 +43,66 @@ def test_encode_uses_label_positions_and_upper_cases():
     assert unknown == set()
 
 
-def test_characters_outside_labels_are_removed_and_reported():
+def test_characters_outside_labels_become_spaces_and_are_reported():
     tokenizer = CharTokenizer(YAML_LABELS)
-    ids, unknown = tokenizer.encode("It's 3 o'clock! ÉTÉ_")
-    assert unknown == {"3", "!", "É", "_"}
-    assert tokenizer.decode(ids) == "IT'S  O'CLOCK T"
+    ids, unknown = tokenizer.encode("It's o'clock!  ÉTÉ_")
+    assert unknown == {"!", "_"}  # É is folded to E, not removed
+    assert tokenizer.decode(ids) == "IT'S O'CLOCK ETE"
     assert tokenizer.blank_id not in ids
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("ZÉRO—ONE", "ZERO ONE"),                     # em dash: two words, never ZROONE
+    ("zéro–one - two", "ZERO ONE TWO"),           # en dash, hyphen, spaces collapsed
+    ("Ça va? Oui, très bien.", "CA VA OUI TRES BIEN"),
+    ("naïve café\tcrème", "NAIVE CAFE CREME"),     # a tab is a space
+    ("  HELLO   ,  WORLD  ", "HELLO WORLD"),
+    ("well-known (and) \"quoted\"", "WELL KNOWN AND QUOTED"),
+    ("don’t", "DON'T"),                           # typographic apostrophe
+])
+def test_normalisation_folds_accents_and_never_joins_words(text, expected):
+    normalised = CharTokenizer(YAML_LABELS).normalise(text)
+    assert normalised.text == expected
+    assert not normalised.has_digits
+
+
+def test_removed_characters_are_counted_each_time():
+    normalised = CharTokenizer(YAML_LABELS).normalise("A—B—C!")
+    assert sorted(normalised.removed) == ["!", "—", "—"]
+
+
+@pytest.mark.parametrize("text", ["123 AND MORE", "ROOM 4B", "²"])
+def test_digits_are_flagged_not_guessed(text):
+    normalised = CharTokenizer(YAML_LABELS).normalise(text)
+    assert normalised.has_digits
+    assert not any(char.isdigit() for char in normalised.text)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_drop_apostrophes_removes_them_from_the_label_text(drop):
+    tokenizer = CharTokenizer(YAML_LABELS, drop_apostrophes=drop)
+    ids, unknown = tokenizer.encode("Don't ’tis o'clock")
+    assert tokenizer.decode(ids) == ("DONT TIS OCLOCK" if drop else "DON'T 'TIS O'CLOCK")
+    assert unknown == set()  # dropped on purpose: not reported as unknown
+    assert (0 in ids) is not drop  # label id 0 is the apostrophe, as in the original
+
+
+def test_apostrophe_outside_the_labels_is_deleted_not_split():
+    labels = [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [" ", "_"]
+    normalised = CharTokenizer(labels).normalise("don't")
+    assert normalised.text == "DONT" and normalised.removed == ("'",)
+
+
+def test_tokenizer_from_config_takes_the_switch():
+    from mindaudio.config import config_from_dict
+    assert CharTokenizer.from_config(config_from_dict({"drop_apostrophes": True})).drop_apostrophes
+    assert not CharTokenizer.from_config(config_from_dict({})).drop_apostrophes
+
+
+@pytest.mark.parametrize("value", [None, 3, ["A"]])
+def test_non_string_transcript_is_a_type_error(value):
+    with pytest.raises(TypeError, match="string"):
+        CharTokenizer(YAML_LABELS).normalise(value)
 
 
 def test_round_trip_of_real_transcripts(librispeech_utterances):
@@ -81,6 +135,8 @@ def test_decode_rejects_ids_outside_the_labels(bad_id):
 def test_invalid_labels_are_rejected(labels, message):
     with pytest.raises(ValueError, match=message):
         CharTokenizer(labels)
+    with pytest.raises(ValueError, match=message):
+        check_labels(labels)
 
 
 # --- manifests --------------------------------------------------------------------------------
@@ -268,3 +324,147 @@ def test_empty_manifest_is_rejected(tmp_path):
     manifest.write_text(json.dumps({"root_path": str(tmp_path), "samples": []}))
     with pytest.raises(ManifestError, match="no utterances"):
         read_manifest(manifest)
+
+
+# --- manifest robustness (issue 14) -----------------------------------------------------------
+
+def test_manifest_errors_are_user_errors():
+    from mindaudio.config import UserError
+    assert issubclass(ManifestError, UserError)
+
+
+@pytest.mark.parametrize("duration", ["NaN", "Infinity", "-1"])
+def test_non_finite_or_negative_duration_names_the_line(tmp_path, librispeech_utterances, duration):
+    flac, text = librispeech_utterances[0]
+    manifest = tmp_path / "durations.jsonl"
+    # Python's json reads NaN and Infinity literals: exactly what another tool may have written.
+    manifest.write_text(json.dumps({"audio_filepath": str(flac), "text": text}) + "\n"
+                        + f'{{"audio_filepath": "{flac}", "text": "A", "duration": {duration}}}\n')
+    with pytest.raises(ManifestError, match=r"durations\.jsonl, line 2: 'duration' must be a finite"):
+        read_manifest(manifest)
+
+
+@pytest.mark.parametrize("text", [None, 3, 2.5, ["A"], {"a": 1}])
+def test_non_string_text_names_the_manifest_and_line(tmp_path, librispeech_utterances, text):
+    flac, good = librispeech_utterances[0]
+    manifest = tmp_path / "texts.jsonl"
+    manifest.write_text("\n".join(json.dumps(row) for row in [
+        {"audio_filepath": str(flac), "text": good}, {"audio_filepath": str(flac), "text": text}]))
+    with pytest.raises(ManifestError, match=r"texts\.jsonl, line 2: 'text' must be a string"):
+        read_manifest(manifest)
+
+
+@pytest.mark.parametrize("path", [None, 3, ["a.wav"], ""])
+def test_non_string_audio_path_names_the_line(tmp_path, path):
+    manifest = tmp_path / "paths.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": path, "text": "A"}) + "\n")
+    with pytest.raises(ManifestError, match=r"paths\.jsonl, line 1: 'audio_filepath' must be a non-empty path"):
+        read_manifest(manifest)
+
+
+def test_non_utf8_manifest_names_the_file(tmp_path, librispeech_utterances):
+    flac, _ = librispeech_utterances[0]
+    manifest = tmp_path / "latin1.jsonl"
+    manifest.write_bytes(json.dumps({"audio_filepath": str(flac), "text": "CAF\u00c9"}).encode("utf-8")
+                         .replace("\\u00c9".encode(), "\u00c9".encode("latin-1")))
+    with pytest.raises(ManifestError, match=r"latin1\.jsonl is not UTF-8"):
+        read_manifest(manifest)
+
+
+def test_non_utf8_transcript_names_the_transcript_file(tmp_path, librispeech_utterances):
+    samples = make_dataset(tmp_path / "data", librispeech_utterances[:1])
+    (tmp_path / "data" / samples[0]["txt_path"]).write_bytes("CAF\u00c9\n".encode("latin-1"))
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"root_path": str(tmp_path / "data"), "samples": samples}))
+    with pytest.raises(ManifestError, match=r"m\.json, samples\[0\]: transcript file .*\.txt is not UTF-8"):
+        read_manifest(manifest)
+
+
+def test_a_directory_is_named_as_a_directory(tmp_path):
+    with pytest.raises(ManifestError, match="is a directory"):
+        read_manifest(tmp_path)
+    (tmp_path / "audio.wav").mkdir()
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": "audio.wav", "text": "A"}) + "\n")
+    with pytest.raises(ManifestError, match=r"m\.jsonl, line 1: audio path .*audio\.wav is a directory"):
+        read_manifest(manifest)
+
+
+def test_utterances_remember_their_line(tmp_path, librispeech_utterances):
+    flac, text = librispeech_utterances[0]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n" + json.dumps({"audio_filepath": str(flac), "text": text}) + "\n")
+    [utterance] = read_manifest(manifest)
+    assert utterance.source == f"manifest {manifest}, line 2"
+    assert utterance[0] == utterance.id  # a named tuple
+
+
+def test_write_is_atomic_and_skips_unchanged_content(tmp_path):
+    from mindaudio.data.manifest import manifest_text, write_text_if_changed
+    samples = [{"wav_path": "wav/a.wav", "txt_path": "txt/a.txt", "duration": 1.5}]
+    path = tmp_path / "sub" / "m.json"
+    assert write_manifest(path, tmp_path, samples) is True
+    assert json.loads(path.read_text()) == {"root_path": str(tmp_path), "samples": samples}
+    assert path.read_text() == manifest_text(tmp_path, samples)
+    assert path.read_text().count("\n") == 4  # one sample a line: diffable
+    mtime = path.stat().st_mtime_ns
+    assert write_manifest(path, tmp_path, samples) is False and path.stat().st_mtime_ns == mtime
+    assert write_text_if_changed(path, "other") is True and path.read_text() == "other"
+    assert sorted(os.listdir(path.parent)) == ["m.json"]
+
+
+# --- python -m mindaudio.data.manifest --check ------------------------------------------------
+
+@pytest.fixture
+def checked_manifest(tmp_path, librispeech_utterances):
+    """Two good files and three bad ones (truncated WAV, NaN WAV, wrong duration)."""
+    (good, good_text), (other, other_text), (third, _) = librispeech_utterances[:3]
+    signal, rate = soundfile.read(str(third), dtype="int16")
+    whole = tmp_path / "whole.wav"
+    soundfile.write(str(whole), signal, rate, subtype="PCM_16")
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    poisoned = tmp_path / "nan.wav"
+    values = signal.astype(np.float32) / 32768
+    values[10] = np.inf
+    soundfile.write(str(poisoned), values, rate, subtype="FLOAT")
+    rows = [{"audio_filepath": str(good), "text": good_text},
+            {"audio_filepath": str(other), "text": other_text, "duration": header_duration(other) + 0.5},
+            {"audio_filepath": str(truncated), "text": "A", "duration": 1.0},
+            {"audio_filepath": str(poisoned), "text": "A"},
+            {"audio_filepath": str(whole), "text": "A"}]
+    manifest = tmp_path / "check.jsonl"
+    manifest.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return manifest, {str(other): "wrong duration", str(truncated): "truncated", str(poisoned): "NaN or infinite"}
+
+
+def test_check_manifest_reads_every_file_and_names_each_problem(checked_manifest):
+    from mindaudio.data.manifest import check_manifest
+    manifest, expected = checked_manifest
+    problems = check_manifest(manifest)
+    assert {problem.path for problem in problems} == set(expected)
+    for problem in problems:
+        assert expected[problem.path] in f"{problem.kind} {problem.detail}"
+
+
+def test_check_command_prints_problems_and_exits_non_zero(checked_manifest, repo_root, tmp_path,
+                                                           librispeech_utterances):
+    import subprocess
+    import sys
+    manifest, expected = checked_manifest
+    done = subprocess.run([sys.executable, "-m", "mindaudio.data.manifest", "--check", str(manifest)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    for path in expected:
+        assert path in done.stdout
+    assert "3 problem(s)" in done.stdout
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(json.dumps({"audio_filepath": str(librispeech_utterances[0][0]), "text": "A"}) + "\n")
+    ok = subprocess.run([sys.executable, "-m", "mindaudio.data.manifest", "--check", str(clean)],
+                        cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "0 problem(s)" in ok.stdout
+    missing = subprocess.run([sys.executable, "-m", "mindaudio.data.manifest", "--check",
+                              str(tmp_path / "absent.json")],
+                             cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "absent.json" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -19,6 +19,9 @@ from typing import Optional, Union
 
 from tqdm import tqdm
 
+from mindaudio.config import UserError
+from mindaudio.data.manifest import write_text_atomic
+
 PathLike = Union[str, os.PathLike]
 
 _CHUNK_BYTES = 1 << 20
@@ -29,7 +32,7 @@ _TAR_FILTER_ERRORS = (tarfile.FilterError,) if _HAS_TAR_FILTERS else ()
 _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(UserError, RuntimeError):
     """A dataset archive could not be downloaded, verified or extracted."""
 
 
@@ -47,19 +50,6 @@ class UnsafeArchiveError(ArchiveError):
 
 class _TruncatedTransfer(Exception):
     """The server closed the connection before sending everything it announced."""
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write `text` (UTF-8) to `path` so that readers see the old file or the whole new one, never a part.
-
-    The rename makes this safe against a killed process; there is no fsync (which would only add
-    power-loss safety) because it is called once per utterance on hundreds of thousands of files.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def file_md5(path: PathLike, progress: bool = False) -> str:
@@ -191,8 +181,10 @@ def download_archive(url: str, destination: PathLike, expected_md5: str, *, retr
             failure = error
         failures += 1
         if failures > retries:
+            kept = (f"{part.stat().st_size} bytes kept in {part}; run again to resume"
+                    if part.exists() and part.stat().st_size else "nothing was received")
             raise DownloadError(f"{url}: gave up after {retries} retries: {failure} "
-                                f"(partial data kept in {part}; run again to resume)") from failure
+                                f"({kept})") from failure
         time.sleep(retry_delay * (failures - 1))
     actual = file_md5(part, progress=progress)
     if actual != expected_md5.lower():

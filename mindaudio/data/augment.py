@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import soundfile
 
+from mindaudio.config import UserError
 from mindaudio.data.audio import resample
 
 NOISE_EXTENSIONS = (".wav", ".flac")
@@ -31,7 +32,7 @@ EFFECTS = ("speed", "gain", "noise", "spec_augment")
 _STREAM_TAG = 0x41554735  # "AUG5"
 
 
-class AugmentError(ValueError):
+class AugmentError(UserError, ValueError):
     """An augmentation that cannot be set up or applied; the message names the file or value."""
 
 
@@ -179,6 +180,8 @@ def list_noise_files(directory: str) -> List[str]:
 
     Raises AugmentError naming the directory when it is missing or holds no such file.
     """
+    if directory and os.path.isfile(directory):
+        raise AugmentError(f"noise directory {directory} is a file, not a directory")
     if not directory or not os.path.isdir(directory):
         raise AugmentError(f"noise directory not found: {directory!r}")
     found = []

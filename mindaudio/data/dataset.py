@@ -4,22 +4,42 @@
 batches of each epoch; `build_dataset` turns one epoch's plan into a MindSpore dataset whose item
 i is batch i, computed from the audio by parallel workers. Every batch is padded to its bucket's
 frame length and label length, so each bucket gives the graph one input shape.
+
+Transcripts are normalised by the tokenizer (`text.CharTokenizer`: accents folded, punctuation to
+spaces, apostrophes dropped when `drop_apostrophes`); `Split.references` holds that normalised text,
+which is what evaluation scores against. Utterances whose transcript holds digits are dropped and
+counted, each named with its manifest line in the log.
+
+Bad audio never stops an epoch. An utterance whose audio cannot be decoded, is truncated or
+empty, holds NaN or infinite samples, or whose decoded length disagrees with the manifest's
+duration (by more than `manifest.DURATION_TOLERANCE`, or too long for the bucket it was planned
+into) keeps its place in the batch -- the plan stays deterministic and equal on every rank -- but
+its row of `features` is filled with NaN, and (audio path, reason) is recorded once in the split's
+thread-safe `Split.problems` (also `build_dataset(...).problems`). The other rows are untouched.
+Consumers rely on the NaN: training skips a step whose loss is not finite (on every rank alike,
+leaving BatchNorm's statistics untouched), evaluation leaves out utterances whose logits are not
+finite and reports the files named in `problems`. With worker processes (`multiprocessing=True`)
+the record stays in the worker; the NaN row still marks the utterance. `python -m
+mindaudio.data.manifest --check MANIFEST` finds all such files up front.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import mindspore.dataset as ms_dataset
 import numpy as np
 
-from mindaudio.config import SpectConfig
+from mindaudio.config import SpectConfig, UserError
 from mindaudio.data.augment import Augmentation
 from mindaudio.data.audio import AudioError, load_audio
 from mindaudio.data.features import log_spectrogram, num_frames, num_freq_bins
-from mindaudio.data.manifest import Utterance, read_manifest
+from mindaudio.data.manifest import Utterance, length_problem, read_manifest
 from mindaudio.data.sampler import (Batch, BucketSampler, DropCounts, assign_buckets,
                                     bucket_edges, filter_utterances)
 from mindaudio.data.text import CharTokenizer
@@ -37,7 +57,7 @@ FRAME_MARGIN = 2
 LABEL_PAD_MULTIPLE = 8
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A batch that cannot be built; the message names the audio file at fault."""
 
 
@@ -68,22 +88,69 @@ def label_pad_lengths(buckets: Sequence[int], label_lengths: Sequence[int], num_
 
 
 def encode_transcripts(utterances: Sequence[Utterance], tokenizer: CharTokenizer
-                       ) -> Tuple[List[Tuple[int, ...]], Dict[str, int]]:
-    """Label ids of every transcript, and how often each character outside the labels occurred.
+                       ) -> Tuple[List[Tuple[int, ...]], Dict[str, int], List[int]]:
+    """Label ids of every normalised transcript, how often each character outside the labels
+    occurred, and the positions of the transcripts that hold digits (not labelled: dropped).
 
-    Unknown characters are removed from the labels and reported once each, with their count.
+    Characters outside the labels are replaced by spaces (see `text.CharTokenizer.normalise`) and
+    reported once each, with their count; each transcript with digits is logged with its line.
     """
     labels: List[Tuple[int, ...]] = []
     unknown: collections.Counter = collections.Counter()
-    for utterance in utterances:
-        ids, removed = tokenizer.encode(utterance.transcript)
+    with_digits: List[int] = []
+    for position, utterance in enumerate(utterances):
+        normalised = tokenizer.normalise(utterance.transcript)
+        ids, _ = tokenizer.encode(normalised.text)
         labels.append(tuple(ids))
-        if removed:
-            unknown.update(char for char in utterance.transcript.upper() if char in removed)
+        if not normalised.has_digits:
+            unknown.update(normalised.removed)
+        else:
+            with_digits.append(position)
+            logger.warning("%s: transcript %r holds digits, which have no single spelling in the "
+                           "labels: utterance left out", utterance.source or utterance.audio_path,
+                           utterance.transcript)
     for char, count in sorted(unknown.items()):
-        logger.warning("character %r is not a label: removed %d time(s) from transcripts",
+        logger.warning("character %r is not a label: replaced by a space %d time(s) in transcripts",
                        char, count)
-    return labels, dict(unknown)
+    return labels, dict(unknown), with_digits
+
+
+class ProblemLog:
+    """Thread-safe record of the audio files a dataset could not use: (path, reason), each once.
+
+    Filled by the dataset's worker threads while batches are built; read by training and
+    evaluation to name the files. Pickles (for worker processes) as a fresh, unshared copy.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: Dict[Tuple[str, str], None] = {}
+
+    def record(self, path: str, reason: str) -> None:
+        with self._lock:
+            self._items.setdefault((str(path), str(reason)), None)
+
+    def items(self) -> List[Tuple[str, str]]:
+        """(path, reason) pairs in the order first met."""
+        with self._lock:
+            return list(self._items)
+
+    def paths(self) -> List[str]:
+        return list(dict.fromkeys(path for path, _ in self.items()))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __iter__(self) -> Iterator[Tuple[str, str]]:
+        return iter(self.items())
+
+    def __getstate__(self):
+        return {"items": self.items()}
+
+    def __setstate__(self, state):
+        self._lock = threading.Lock()
+        self._items = dict.fromkeys(tuple(item) for item in state["items"])
 
 
 @dataclass(frozen=True)
@@ -91,7 +158,7 @@ class Split:
     """The kept utterances of a manifest with everything batching needs to know about them."""
     manifest: str
     utterances: Tuple[Utterance, ...]
-    labels: Tuple[Tuple[int, ...], ...]  # label ids, unknown characters removed
+    labels: Tuple[Tuple[int, ...], ...]  # label ids of the normalised transcripts
     edges: Tuple[float, ...]  # bucket upper edges, seconds
     bucket_frames: Tuple[int, ...]  # frames each bucket pads to
     label_pad: Tuple[int, ...]  # label length each bucket pads to
@@ -102,6 +169,10 @@ class Split:
     fixed_frames: int = 0
     # (slowest, fastest) speed perturbation the buckets and the CTC check allow for.
     speed_range: Tuple[float, float] = (1.0, 1.0)
+    # The normalised transcripts (label characters only): evaluation's references.
+    references: Tuple[str, ...] = ()
+    # Audio files found unusable while batches were built (see the module docstring).
+    problems: ProblemLog = field(default_factory=ProblemLog, compare=False, repr=False)
 
     @property
     def durations(self) -> np.ndarray:
@@ -113,11 +184,15 @@ class Split:
         text = (f"{self.manifest}: {len(self.utterances)} utterances kept ({hours:.2f} h), "
                 f"{self.drops.total} dropped ({self.drops.too_long} too long, "
                 f"{self.drops.empty_label} empty label, {self.drops.label_too_long} label longer "
-                f"than the CTC output)")
+                f"than the CTC output, {self.drops.digits} with digits in the transcript, "
+                f"{self.drops.empty_audio} with empty audio)")
         if self.unknown_chars:
             chars = ", ".join(f"{char!r} x{count}" for char, count
                               in sorted(self.unknown_chars.items()))
-            text += f"; characters removed: {chars}"
+            text += f"; characters replaced by spaces: {chars}"
+        if len(self.problems):
+            text += f"; {len(self.problems)} unusable audio file(s): " + "; ".join(
+                f"{path} ({reason})" for path, reason in self.problems)
         return text
 
 
@@ -146,7 +221,24 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
     """
     manifest = str(manifest_path)
     utterances = read_manifest(manifest)
-    labels, unknown = encode_transcripts(utterances, tokenizer)
+    labels, unknown, with_digits = encode_transcripts(utterances, tokenizer)
+    # A manifest duration of 0 is an empty recording (a header of 0 frames): no features to
+    # compute, so it is left out and named, never counted as a label too long for the output.
+    empty_audio = [position for position, utterance in enumerate(utterances)
+                   if utterance.duration <= 0 and position not in set(with_digits)]
+    for position in empty_audio:
+        logger.warning("%s: %s holds no audio (duration 0): utterance left out",
+                       utterances[position].source or manifest, utterances[position].audio_path)
+    all_count = len(utterances)
+    if with_digits or empty_audio:
+        left_out = set(with_digits) | set(empty_audio)
+        labelled = [i for i in range(len(utterances)) if i not in left_out]
+        utterances = [utterances[i] for i in labelled]
+        labels = [labels[i] for i in labelled]
+        if not utterances:
+            raise DatasetError(f"manifest {manifest}: all {all_count} utterances were dropped "
+                               f"({len(with_digits)} with digits in the transcript, "
+                               f"{len(empty_audio)} with empty audio)")
     durations = [utterance.duration for utterance in utterances]
 
     if fixed_frames < 0:
@@ -164,9 +256,9 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
             return output_frames(max(1, frames))
 
     kept, drops = filter_utterances(durations, labels, max_duration, ctc_frames)
+    drops = dataclasses.replace(drops, digits=len(with_digits), empty_audio=len(empty_audio))
     if kept.size == 0:
-        raise DatasetError(f"manifest {manifest}: all {len(utterances)} utterances were dropped "
-                           f"({drops})")
+        raise DatasetError(f"manifest {manifest}: all {all_count} utterances were dropped ({drops})")
     kept_utterances = tuple(utterances[i] for i in kept)
     kept_labels = tuple(labels[i] for i in kept)
     closing = max_duration if max_duration is not None else max(
@@ -180,7 +272,8 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
                   label_pad=label_pad_lengths(buckets, [len(label) for label in kept_labels],
                                               len(edges)),
                   drops=drops, unknown_chars=unknown, fixed_frames=int(fixed_frames),
-                  speed_range=(slowest, fastest))
+                  speed_range=(slowest, fastest),
+                  references=tuple(tokenizer.decode(label) for label in kept_labels))
     logger.info(split.summary())
     return split
 
@@ -202,7 +295,8 @@ class PaddedBatchSource:
     """Random-access source for GeneratorDataset: item i is batch i, padded, as numpy arrays.
 
     Item layout (B utterances, bucket frames T, bucket label length S):
-      features float32 (B, 1, freq, T), zero beyond each utterance's frames;
+      features float32 (B, 1, freq, T), zero beyond each utterance's frames; a row whose audio
+        is unusable is NaN throughout (see the module docstring);
       feature_lengths int32 (B,); labels int32 (B, S) padded with the blank id;
       label_lengths int32 (B,); indices int32 (B,) into `split.utterances`.
     Holds only plain data so worker processes can receive it by pickling.
@@ -220,6 +314,7 @@ class PaddedBatchSource:
     def __init__(self, split: Split, spect: SpectConfig, batches: Sequence[Batch],
                  blank_id: int, augmentation: Optional[Augmentation] = None, epoch: int = 0):
         self.audio_paths = tuple(utterance.audio_path for utterance in split.utterances)
+        self.durations = tuple(float(utterance.duration) for utterance in split.utterances)
         self.labels = split.labels
         self.label_pad = split.label_pad
         self.spect = spect
@@ -229,6 +324,7 @@ class PaddedBatchSource:
         self.crop = split.fixed_frames > 0
         self.augmentation = augmentation
         self.epoch = int(epoch)
+        self.problems = split.problems
         if augmentation is not None:
             check_augmentation_fits(split, spect, augmentation)
 
@@ -243,41 +339,55 @@ class PaddedBatchSource:
         labels = np.full((size, label_pad), self.blank_id, dtype=np.int32)
         label_lengths = np.zeros(size, dtype=np.int32)
         for row, index in enumerate(batch.indices):
-            path = self.audio_paths[index]
-            rngs = (self.augmentation.generators(self.epoch, index)
-                    if self.augmentation is not None else None)
-            spectrogram = self._spectrogram(path, rngs)
-            length = spectrogram.shape[1]
-            if length > frames and self.crop:
-                offset = int(np.random.default_rng([index, item]).integers(0, length - frames + 1))
-                spectrogram = spectrogram[:, offset:offset + frames]
-                length = frames
-            if length > frames:
-                raise DatasetError(f"{path}: {length} feature frames exceed the {frames} frames "
-                                   f"of bucket {batch.bucket}; the manifest duration is wrong")
-            if rngs is not None:
-                spectrogram = self.augmentation.mask_spectrogram(spectrogram, rngs)
-            features[row, 0, :, :length] = spectrogram
-            feature_lengths[row] = length
             label = self.labels[index]
-            if len(label) > label_pad:
-                raise DatasetError(f"{path}: label of {len(label)} characters exceeds the "
-                                   f"{label_pad} of bucket {batch.bucket}")
+            if len(label) > label_pad:  # a planning bug, not a data problem: the plan knew it
+                raise DatasetError(f"{self.audio_paths[index]}: label of {len(label)} characters "
+                                   f"exceeds the {label_pad} of bucket {batch.bucket}")
             labels[row, :len(label)] = label
             label_lengths[row] = len(label)
+            spectrogram, problem = self._row_features(index, item, frames, batch.bucket)
+            if problem is not None:
+                self.problems.record(self.audio_paths[index], problem)
+                features[row] = np.nan
+                feature_lengths[row] = min(frames, duration_frames(self.durations[index], self.spect))
+                continue
+            length = spectrogram.shape[1]
+            features[row, 0, :, :length] = spectrogram
+            feature_lengths[row] = length
         indices = np.asarray(batch.indices, dtype=np.int32)
         return features, feature_lengths, labels, label_lengths, indices
 
-    def _spectrogram(self, path: str, rngs=None) -> np.ndarray:
+    def _row_features(self, index: int, item: int, frames: int, bucket: int
+                      ) -> Tuple[Optional[np.ndarray], Optional[str]]:
+        """(spectrogram (freq, length <= frames), None), or (None, why the utterance is unusable)."""
+        path = self.audio_paths[index]
         try:
             signal = load_audio(path, self.spect.sample_rate)
+        except AudioError as err:
+            return None, err.reason
+        mismatch = length_problem(signal.shape[0], self.spect.sample_rate, self.durations[index])
+        if mismatch is not None:
+            return None, mismatch
+        rngs = (self.augmentation.generators(self.epoch, index)
+                if self.augmentation is not None else None)
+        try:
             if rngs is not None:
                 signal = self.augmentation.perturb_waveform(signal, rngs)
-            return log_spectrogram(signal, self.spect)
-        except AudioError as err:  # already names the file
-            raise DatasetError(str(err)) from err
-        except Exception as err:  # any other failure must name the file too
-            raise DatasetError(f"{path}: cannot compute features: {err}") from err
+            spectrogram = log_spectrogram(signal, self.spect)
+        except Exception as err:  # noqa: BLE001  one file's failure must not end the epoch
+            return None, f"cannot compute features: {type(err).__name__}: {err}"
+        length = spectrogram.shape[1]
+        if length > frames and self.crop:
+            offset = int(np.random.default_rng([index, item]).integers(0, length - frames + 1))
+            spectrogram = spectrogram[:, offset:offset + frames]
+        elif length > frames:
+            return None, (f"{length} feature frames exceed the {frames} frames of bucket "
+                          f"{bucket} it was planned into from the manifest's duration")
+        if rngs is not None:
+            spectrogram = self.augmentation.mask_spectrogram(spectrogram, rngs)
+        if not np.isfinite(spectrogram).all():
+            return None, "features are not finite"
+        return spectrogram, None
 
 
 def check_augmentation_fits(split: Split, spect: SpectConfig, augmentation: Augmentation) -> None:
@@ -308,7 +418,10 @@ def build_dataset(split: Split, spect: SpectConfig, batches: Sequence[Batch], bl
     if not batches:
         raise DatasetError(f"no batches to build a dataset from ({split.manifest})")
     source = PaddedBatchSource(split, spect, batches, blank_id, augmentation, epoch)
-    workers = max(1, int(num_workers))
-    return ms_dataset.GeneratorDataset(source, column_names=list(COLUMNS), shuffle=False,
-                                       num_parallel_workers=workers,
-                                       python_multiprocessing=multiprocessing and workers > 1)
+    # MindSpore refuses more workers than CPUs; a yaml written for a bigger machine still runs.
+    workers = max(1, min(int(num_workers), os.cpu_count() or 1))
+    dataset = ms_dataset.GeneratorDataset(source, column_names=list(COLUMNS), shuffle=False,
+                                          num_parallel_workers=workers,
+                                          python_multiprocessing=multiprocessing and workers > 1)
+    dataset.problems = split.problems  # the same log: see the module docstring
+    return dataset

@@ -3,8 +3,9 @@
 Run from the repo root:
 
     python mindaudio/data/digits.py --root_path DIR [--corpus data/digits] [--test_speakers george theo]
-    python mindaudio/data/digits.py --report REPORT.json      # WER/CER per speaker of an eval.py report
     python mindaudio/data/digits.py --build_corpus_from FSDD  # maintainers: FSDD WAVs -> data/digits FLACs
+
+(WER/CER per speaker of an eval.py report: `python scripts/digits_report.py REPORT.json`.)
 
 The corpus (`data/digits/`, Free Spoken Digit Dataset, CC BY-SA 4.0) holds 2,500 recordings of one
 spoken digit each: 5 speakers x 10 digits x 50 takes, 8 kHz mono 16-bit FLAC, listed in `labels.tsv`.
@@ -32,31 +33,25 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__" and not __package__:
-    # Run as a script, Python puts this file's folder first on sys.path (where sibling modules could
-    # shadow top-level ones) and not the repo root, which the package imports below need.
-    _HERE = Path(__file__).resolve().parent
-    sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
-    sys.path.insert(0, str(_HERE.parents[1]))
+    import _script_setup  # noqa: F401  (puts the repo root on sys.path; see that module)
 
 import argparse
 import csv
-import json
 import re
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import soundfile as sf
 from tqdm import tqdm
 
-from mindaudio.data.archives import write_text_atomic
-from mindaudio.metrics import error_rates, error_rates_by_group
+from mindaudio.config import UserError
+from mindaudio.data.manifest import SplitSummary, write_manifest, write_text_if_changed
 
 __all__ = ["DEFAULT_CORPUS", "DEFAULT_TEST_SPEAKERS", "SPLITS", "SOURCE_SAMPLE_RATE", "CorpusError",
-           "DigitRecording", "SplitSummary", "DigitsSummary", "read_labels", "speaker_of", "split_of",
-           "split_recordings", "prepare_digits", "build_corpus", "per_speaker_report", "format_per_speaker",
-           "add_per_speaker", "main"]
+           "DigitRecording", "DigitsSummary", "read_labels", "speaker_of", "split_of",
+           "split_recordings", "prepare_digits", "build_corpus", "main"]
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "digits"
 DEFAULT_TEST_SPEAKERS = ("george", "theo")
@@ -67,7 +62,7 @@ LABEL_COLUMNS = ("id", "speaker", "digit", "transcript", "index", "official_spli
 _ID_PATTERN = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)$")
 
 
-class CorpusError(RuntimeError):
+class CorpusError(UserError, RuntimeError):
     """The shipped corpus is incomplete or inconsistent; the message names the file at fault."""
 
 
@@ -84,16 +79,6 @@ class DigitRecording:
     def duration(self) -> float:
         """Seconds."""
         return self.frames / SOURCE_SAMPLE_RATE
-
-
-@dataclass
-class SplitSummary:
-    split: str
-    manifest: str
-    utterances: int
-    speakers: List[str]
-    audio_seconds: float
-    texts_written: int
 
 
 @dataclass
@@ -186,22 +171,6 @@ def _check_audio(corpus_dir: Path, recordings: Sequence[DigitRecording]) -> None
                               f"labels.tsv says 1 channel, {recording.frames} frames at {SOURCE_SAMPLE_RATE} Hz")
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except OSError:
-        pass
-    write_text_atomic(path, text)
-    return True
-
-
-def _manifest_text(root: Path, samples: Sequence[Mapping]) -> str:
-    """The original's manifest form, one sample a line (still one JSON document, but diffable)."""
-    rows = ",\n".join("  " + json.dumps(sample) for sample in samples)
-    return f'{{"root_path": {json.dumps(str(root))},\n "samples": [\n{rows}\n ]}}\n'
-
-
 def prepare_digits(root_path, corpus_dir=DEFAULT_CORPUS, test_speakers: Sequence[str] = DEFAULT_TEST_SPEAKERS,
                    verbose: bool = True) -> DigitsSummary:
     """Write transcripts and the three manifests under `root_path`; returns (and prints) a summary."""
@@ -218,11 +187,11 @@ def prepare_digits(root_path, corpus_dir=DEFAULT_CORPUS, test_speakers: Sequence
         written = 0
         samples = []
         for recording in members:
-            written += _write_if_changed(split_dir / "txt" / f"{recording.id}.txt", recording.transcript + "\n")
+            written += write_text_if_changed(split_dir / "txt" / f"{recording.id}.txt", recording.transcript + "\n")
             samples.append({"wav_path": str(corpus / "recordings" / f"{recording.id}.flac"),
                             "txt_path": f"txt/{recording.id}.txt", "duration": recording.duration})
         manifest = split_dir / f"digits_{split}_manifest.json"
-        _write_if_changed(manifest, _manifest_text(split_dir, samples))
+        write_manifest(manifest, split_dir, samples)
         summary.splits.append(SplitSummary(
             split=split, manifest=str(manifest), utterances=len(members),
             speakers=sorted({recording.speaker for recording in members}),
@@ -257,40 +226,6 @@ def build_corpus(fsdd_dir, corpus_dir=DEFAULT_CORPUS, progress: bool = True) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# Scoring by speaker
-
-def per_speaker_report(rows: Sequence[Mapping[str, str]]) -> Dict[str, Dict[str, float]]:
-    """WER/CER (percent) and utterance count per speaker of eval report rows ({id, reference,
-    hypothesis}), plus 'all' for the whole set."""
-    references = [row["reference"] for row in rows]
-    hypotheses = [row["hypothesis"] for row in rows]
-    result = error_rates_by_group(references, hypotheses, [speaker_of(row["id"]) for row in rows])
-    result["all"] = dict(error_rates(references, hypotheses), utterances=len(rows))
-    return result
-
-
-def format_per_speaker(per_speaker: Mapping[str, Mapping[str, float]]) -> str:
-    lines = [f"{'speaker':<10} {'utterances':>10} {'WER %':>7} {'CER %':>7}"]
-    for speaker, rates in per_speaker.items():
-        lines.append(f"{speaker:<10} {int(rates['utterances']):>10d} {rates['wer']:>7.2f} {rates['cer']:>7.2f}")
-    return "\n".join(lines)
-
-
-def add_per_speaker(report_path) -> Dict[str, Dict[str, float]]:
-    """Score an eval.py JSON report by speaker and store the result in it as `per_speaker`."""
-    path = Path(report_path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-        rows = report["utterances"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CorpusError(f"{path}: not an eval.py report ({err})") from None
-    per_speaker = per_speaker_report(rows)
-    report["per_speaker"] = per_speaker
-    write_text_atomic(path, json.dumps(report, indent=1))
-    return per_speaker
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,8 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Spoken-digits recipe data: write manifests with whole speakers held out for testing.")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--root_path", help="folder for the transcripts and manifests")
-    action.add_argument("--report", metavar="REPORT_JSON",
-                        help="print WER/CER per speaker of an eval.py report and add them to it")
     action.add_argument("--build_corpus_from", metavar="FSDD_DIR",
                         help="(maintainers) convert FSDD's recordings/*.wav and labels.tsv into --corpus")
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS),
@@ -314,12 +247,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.root_path:
             prepare_digits(args.root_path, args.corpus, args.test_speakers)
-        elif args.report:
-            print(format_per_speaker(add_per_speaker(args.report)))
         else:
             written = build_corpus(args.build_corpus_from, args.corpus)
             print(f"{written} FLAC file(s) written to {Path(args.corpus) / 'recordings'}")
-    except CorpusError as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -5,9 +5,12 @@ the published checkpoint was trained on: a periodic Hann window whatever `window
 the magnitude, and one mean and one std over the whole spectrogram. Without it, `window` is
 honoured and each frequency bin is normalised on its own.
 
-Both modes centre the frames by padding n_fft // 2 samples on each side by reflection: the
-original called `mindaudio.stft` without `pad_mode`, whose default is "reflect" (zero padding
-would change the first and last frames by up to 0.5 after normalisation).
+Both modes centre the frames by padding n_fft // 2 samples on each side of the signal. Compat mode
+pads with zeros, as the original's `mindaudio.stft` does: its signature sets `pad_mode="constant"`
+(its docstring says "reflect", but the code decides). Reflection would change the first and last
+frames of a real utterance by up to 0.75 after normalisation. Without compat the frames are padded
+by reflection, which is what the recipes trained with `original_compat: False` (e.g. the digits)
+were tuned on.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import scipy.signal
 
 from mindaudio.config import SpectConfig
 
+# The windows `SpectConfig.window` may name: exactly those `analysis_window` computes. Config
+# validation asks `check_window` rather than keeping a list of its own.
 WINDOW_NAMES = ("hamming", "hann", "blackman", "bartlett")
 
 # Added to |X| before a plain log: below the quantisation noise of 16-bit audio in one bin (~1e-4),
@@ -62,22 +67,34 @@ def num_frames(num_samples: int, spect: SpectConfig) -> int:
     return 1 + (padded - n_fft) // hop_size(spect)
 
 
+def check_window(name: str) -> None:
+    """ValueError unless `name` is a window this module computes (one of WINDOW_NAMES)."""
+    if name not in WINDOW_NAMES:
+        raise ValueError(f"unknown window {name!r}; choose one of {', '.join(WINDOW_NAMES)}")
+
+
 def analysis_window(spect: SpectConfig) -> np.ndarray:
     """The periodic analysis window, float64 (n_fft,): Hann in compat mode, else `spect.window`."""
     name = "hann" if spect.original_compat else spect.window
-    if name not in WINDOW_NAMES:
-        raise ValueError(f"SpectConfig.window must be one of {WINDOW_NAMES}, got {name!r}")
+    check_window(name)
     return scipy.signal.get_window(name, fft_size(spect), fftbins=True)
 
 
+def padding_mode(spect: SpectConfig) -> str:
+    """How the centred frames are padded (a `np.pad` mode): "constant" (zeros) in compat mode, as
+    the original's `mindaudio.stft`; "reflect" otherwise."""
+    return "constant" if spect.original_compat else "reflect"
+
+
 def magnitude_spectrogram(signal: np.ndarray, spect: SpectConfig) -> np.ndarray:
-    """|STFT| of a mono signal: float32 (freq, frames), frames centred by reflection padding."""
+    """|STFT| of a mono signal: float32 (freq, frames), frames centred by n_fft // 2 samples of
+    padding on each side (`padding_mode`: zeros in compat mode, else reflection)."""
     signal = np.asarray(signal, dtype=np.float32)
     if signal.ndim != 1:
         raise ValueError(f"expected a mono (samples,) signal, got shape {signal.shape}")
     n_fft, hop = fft_size(spect), hop_size(spect)
     frames_count = num_frames(signal.shape[0], spect)
-    padded = np.pad(signal, n_fft // 2, mode="reflect")
+    padded = np.pad(signal, n_fft // 2, mode=padding_mode(spect))
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:frames_count]
     windowed = frames * analysis_window(spect).astype(np.float32)
     # scipy's FFT stays in float32 (numpy's would upcast to float64 and be ~2x slower).

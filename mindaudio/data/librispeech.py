@@ -3,7 +3,11 @@
 Run from the repo root:
 
     python mindaudio/data/librispeech.py --root_path DIR [--data_ready True] [--splits train val ...]
-                                         [--workers N] [--base_url URL]
+                                         [--workers N] [--base_url URL] [--keep_flac True]
+
+The original script's flags work too: `--data_path DIR` is `--root_path DIR`, and `--download False`
+is `--data_ready True` (the archives are already in DIR; `--download True` fetches them, the
+default here).
 
 Writes, for each requested split (`train`, `val`, `test_clean`, `test_other`):
 
@@ -11,8 +15,12 @@ Writes, for each requested split (`train`, `val`, `test_clean`, `test_other`):
     DIR/<split>/txt/<utt-id>.txt                the transcript, one line
     DIR/<split>/libri_<split>_manifest.json     {"root_path": ..., "samples": [...]}, sorted by id
 
-Archives are kept in DIR and extracted to DIR/LibriSpeech/. Running again does nothing new: verified
-archives, extracted subsets, finished WAVs and unchanged text files are left alone.
+Archives are kept in DIR and extracted to DIR/LibriSpeech/. Once every WAV of a subset is written and
+checked against its FLAC, the subset's extracted FLAC tree is deleted (as the original did; about
+60 GB for the full set) unless `--keep_flac True`; a `.<subset>.converted.json` record keeps what the
+manifests need. Free disk space is checked before anything starts. Running again does nothing new:
+verified archives, converted subsets, finished WAVs and unchanged text files are left alone, and an
+interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -21,30 +29,31 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__" and not __package__:
-    # Run as a script, Python puts this file's folder first on sys.path (where sibling modules could
-    # shadow top-level ones) and not the repo root, which the package imports below need.
-    _HERE = Path(__file__).resolve().parent
-    sys.path = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
-    sys.path.insert(0, str(_HERE.parents[1]))
+    import _script_setup  # noqa: F401  (puts the repo root on sys.path; see that module)
 
 import argparse
+import functools
 import json
 import multiprocessing
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from mindaudio.config import UserError
 from mindaudio.data.archives import (ArchiveError, ChecksumError, download_archive, safe_extract,
-                                     set_aside, verify_archive, write_text_atomic)
+                                     set_aside, verify_archive)
+from mindaudio.data.manifest import (Problem, SplitSummary, Utterance, write_manifest,
+                                     write_text_atomic, write_text_if_changed)
 
 __all__ = ["ARCHIVES", "SPLITS", "OPENSLR_URL", "TARGET_SAMPLE_RATE", "LibriSpeechArchive",
-           "PreparationError", "Problem", "SplitSummary", "PreparationSummary", "flac_to_wav",
+           "PreparationError", "PreparationSummary", "flac_to_wav", "disk_space_needed",
            "collect_utterances", "extracted_utterances", "prepare_split", "prepare_librispeech", "parse_bool", "main"]
 
 OPENSLR_URL = "https://www.openslr.org/resources/12"
@@ -76,30 +85,24 @@ ARCHIVES = (
 )
 
 
-class PreparationError(RuntimeError):
+# Archive sizes in bytes as OpenSLR serves them, for the disk-space estimate before a run.
+ARCHIVE_BYTES = {
+    "train-clean-100.tar.gz": 6_387_309_499,
+    "train-clean-360.tar.gz": 23_049_477_885,
+    "train-other-500.tar.gz": 30_593_501_606,
+    "dev-clean.tar.gz": 337_926_286,
+    "dev-other.tar.gz": 314_305_928,
+    "test-clean.tar.gz": 346_663_984,
+    "test-other.tar.gz": 328_757_843,
+}
+# 16 kHz 16-bit WAV over LibriSpeech's FLAC: measured 1.8x (train-clean-100: 6.4 GB of archive,
+# 11.6 GB of WAV); 2x leaves a margin.
+WAV_BYTES_PER_ARCHIVE_BYTE = 2.0
+
+
+class PreparationError(UserError, RuntimeError):
     """The preparation cannot start: an unknown split, or inputs missing in `data_ready` mode; or an
     extracted tree read in place (`extracted_utterances`) whose audio and transcripts do not pair up."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One utterance or file that could not be prepared, and why."""
-    kind: str
-    path: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"[{self.kind}] {self.path}: {self.detail}"
-
-
-@dataclass
-class SplitSummary:
-    split: str
-    manifest: str
-    utterances: int = 0          # in the manifest
-    converted: int = 0           # WAVs written by this run (the rest were already there)
-    audio_seconds: float = 0.0
-    problems: List[Problem] = field(default_factory=list)
 
 
 @dataclass
@@ -130,12 +133,6 @@ class PreparationSummary:
         lines.append(f"  problems: {len(problems)} (left out of the manifests)")
         lines.extend(f"    {problem}" for problem in problems)
         return "\n".join(lines)
-
-
-class Utterance(NamedTuple):
-    uid: str
-    flac: Path
-    text: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +258,7 @@ def collect_utterances(subset_dir: Path) -> Tuple[Dict[str, Utterance], List[Pro
         problems.append(Problem("transcript without audio", str(texts[uid][1]), f"no {uid}.flac"))
     for uid in sorted(audio.keys() - texts.keys()):
         problems.append(Problem("audio without transcript", str(audio[uid]), f"no line for {uid}"))
-    utterances = {uid: Utterance(uid, audio[uid], texts[uid][0])
+    utterances = {uid: Utterance(uid, str(audio[uid]), texts[uid][0])
                   for uid in sorted(audio.keys() & texts.keys())}
     return utterances, problems
 
@@ -290,17 +287,6 @@ def extracted_utterances(librispeech_dir: Path, subsets: Optional[Sequence[str]]
     return sorted(utterances)
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
-    """Atomically write `text` unless the file already holds exactly it (keeps reruns from touching files)."""
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
-    write_text_atomic(path, text)
-    return True
-
-
 def _remove_partial_files(folder: Path) -> None:
     """Delete `.<name>.tmp` files a killed run left behind (finished files were renamed away from them)."""
     for leftover in folder.glob(".*.tmp"):
@@ -314,65 +300,122 @@ def manifest_path(root_path: Path, split: str) -> Path:
     return Path(root_path) / split / f"libri_{split}_manifest.json"
 
 
-def prepare_split(root_path: Path, split: str, subset_dirs: Sequence[Path], workers: int = 1,
-                  progress: bool = True) -> SplitSummary:
-    """Convert the utterances of the extracted `subset_dirs` into `root_path/<split>/` and its manifest."""
-    split_dir = Path(root_path).resolve() / split
-    wav_dir, txt_dir = split_dir / "wav", split_dir / "txt"
-    for folder in (wav_dir, txt_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-        _remove_partial_files(folder)
-    summary = SplitSummary(split=split, manifest=str(manifest_path(root_path, split).resolve()))
+def conversion_record(subset_dir: Path) -> Path:
+    """Where the utterances of a converted subset are recorded: `LibriSpeech/.<subset>.converted.json`.
+    Written once every WAV of the subset is checked; from then on the FLAC tree is not needed."""
+    subset_dir = Path(subset_dir)
+    return subset_dir.parent / f".{subset_dir.name}.converted.json"
 
+
+def _read_record(record: Path) -> Optional[Dict[str, Tuple[float, str]]]:
+    try:
+        document = json.loads(record.read_text(encoding="utf-8"))
+        return {uid: (float(duration), str(text))
+                for uid, (duration, text) in document["utterances"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or damaged: convert from the FLAC tree again
+
+
+def _wav_matches_flac(wav: Path, flac: str) -> bool:
+    """The WAV's header promises the frames its FLAC holds (resampled where the rates differ)."""
+    try:
+        wav_info, flac_info = sf.info(str(wav)), sf.info(flac)
+    except (OSError, RuntimeError):
+        return False
+    expected = round(flac_info.frames * wav_info.samplerate / flac_info.samplerate)
+    return wav_info.frames > 0 and abs(wav_info.frames - expected) <= 1
+
+
+def _convert_subset(subset_dir: Path, wav_dir: Path, taken: Mapping[str, object], workers: int,
+                    progress: bool, summary: SplitSummary) -> Tuple[Dict[str, Tuple[float, str]], bool]:
+    """Convert one extracted subset's utterances to WAV; returns ({id: (seconds, text)}, whether
+    every one of them is converted and checked against its FLAC)."""
+    found, problems = collect_utterances(subset_dir)
+    summary.problems.extend(problems)
     utterances: Dict[str, Utterance] = {}
-    for subset_dir in subset_dirs:
-        found, problems = collect_utterances(subset_dir)
-        summary.problems.extend(problems)
-        for uid, utterance in found.items():
-            if uid in utterances:
-                summary.problems.append(Problem("duplicate audio", str(utterance.flac),
-                                                f"{uid} also at {utterances[uid].flac}"))
-            else:
-                utterances[uid] = utterance
-    if not utterances:
-        summary.problems.append(Problem("empty split", " ".join(map(str, subset_dirs)),
-                                        "no utterance with both audio and transcript"))
-
+    for uid, utterance in found.items():
+        if uid in taken:
+            summary.problems.append(Problem("duplicate audio", utterance.audio_path,
+                                            f"{uid} also in another subset of {summary.split}"))
+        else:
+            utterances[uid] = utterance
     # A WAV under its final name is complete (it was renamed there whole), so only missing or
     # unreadable ones are converted; a rerun starts no worker at all.
-    durations: Dict[str, float] = {}
+    converted: Dict[str, Tuple[float, str]] = {}
     tasks = []
     for uid in sorted(utterances):
         wav = wav_dir / f"{uid}.wav"
         duration = _wav_duration(str(wav)) if wav.exists() else None
         if duration is None:
-            tasks.append((uid, str(utterances[uid].flac), str(wav)))
+            tasks.append((uid, utterances[uid].audio_path, str(wav)))
         else:
-            durations[uid] = duration
+            converted[uid] = (duration, utterances[uid].transcript)
+    failed = False
     for uid, duration, error in tqdm(_map_audio(tasks, workers), total=len(tasks), unit=" utt",
-                                     desc=f"{split} wav", disable=not progress):
+                                     desc=f"{summary.split} wav", disable=not progress):
         if error is None:
-            durations[uid] = duration
+            converted[uid] = (duration, utterances[uid].transcript)
             summary.converted += 1
         else:
-            summary.problems.append(Problem("unreadable audio", str(utterances[uid].flac), error))
+            failed = True
+            summary.problems.append(Problem("unreadable audio", utterances[uid].audio_path, error))
+    checked = not failed and not problems and all(
+        _wav_matches_flac(wav_dir / f"{uid}.wav", utterances[uid].audio_path) for uid in converted)
+    return converted, checked
+
+
+def prepare_split(root_path: Path, split: str, subset_dirs: Sequence[Union[Path, Callable[[], Path]]],
+                  workers: int = 1, progress: bool = True, delete_flac: Sequence[Path] = ()
+                  ) -> SplitSummary:
+    """Convert the utterances of the extracted `subset_dirs` into `root_path/<split>/` and its manifest.
+
+    subset_dirs: folders such as `LibriSpeech/test-clean`, or callables that make one ready and
+    return it (called in turn, so one subset is on disk at a time when FLAC trees are deleted).
+    A subset whose `conversion_record` exists is taken from it without its FLAC tree. Once every
+    utterance of a subset is converted and checked, the record is written, and if the folder is
+    in `delete_flac`, its FLAC tree is deleted.
+    """
+    split_dir = Path(root_path).resolve() / split
+    wav_dir, txt_dir = split_dir / "wav", split_dir / "txt"
+    summary = SplitSummary(split=split, manifest=str(manifest_path(root_path, split).resolve()))
+    deletable = {Path(path).resolve() for path in delete_flac}
+
+    entries: Dict[str, Tuple[float, str]] = {}
+    for position, source in enumerate(subset_dirs):
+        subset_dir = Path(source() if callable(source) else source)
+        if position == 0:  # only once an input is in hand, so a refused archive leaves no folders
+            for folder in (wav_dir, txt_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+                _remove_partial_files(folder)
+        record = conversion_record(subset_dir)
+        done = _read_record(record)
+        if done is None:
+            done, checked = _convert_subset(subset_dir, wav_dir, entries, workers, progress, summary)
+            if checked and done:
+                write_text_atomic(record, json.dumps({"split": split, "utterances": done}) + "\n")
+        for uid, (duration, text) in sorted(done.items()):
+            if _wav_duration(str(wav_dir / f"{uid}.wav")) is None:
+                summary.problems.append(Problem(
+                    "missing WAV", str(wav_dir / f"{uid}.wav"),
+                    f"its FLAC was deleted after conversion; delete {record} to extract it again"))
+            elif uid not in entries:
+                entries[uid] = (duration, text)
+        if record.exists() and subset_dir.resolve() in deletable and subset_dir.is_dir():
+            shutil.rmtree(subset_dir)
+    if not entries:
+        summary.problems.append(Problem("empty split", split,
+                                        "no utterance with both audio and transcript"))
 
     samples = []
-    for uid in sorted(durations):
-        _write_if_changed(txt_dir / f"{uid}.txt", utterances[uid].text)
+    for uid in sorted(entries):
+        duration, text = entries[uid]
+        summary.texts_written += write_text_if_changed(txt_dir / f"{uid}.txt", text)
         samples.append({"wav_path": f"wav/{uid}.wav", "txt_path": f"txt/{uid}.txt",
-                        "duration": durations[uid]})
-        summary.audio_seconds += durations[uid]
+                        "duration": duration})
+        summary.audio_seconds += duration
     summary.utterances = len(samples)
-    _write_if_changed(Path(summary.manifest), _manifest_text(split_dir, samples))
+    write_manifest(summary.manifest, split_dir, samples)
     return summary
-
-
-def _manifest_text(split_dir: Path, samples: Sequence[dict]) -> str:
-    """The manifest JSON with one sample a line: still one JSON document, but diffable and greppable."""
-    rows = ",\n".join("  " + json.dumps(sample) for sample in samples)
-    return (f'{{"root_path": {json.dumps(str(split_dir))},\n "samples": [\n'
-            + (rows + "\n" if rows else "") + " ]}\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,24 +429,29 @@ def _subset_dir(root: Path, archive: LibriSpeechArchive) -> Path:
     return root / "LibriSpeech" / archive.subset
 
 
-def _verify_or_set_aside(path: Path, md5: str, progress: bool) -> None:
+def _verify_or_set_aside(path: Path, md5: str, data_ready: bool, progress: bool) -> None:
+    if path.is_dir():
+        raise PreparationError(f"{path} is a directory, not the archive {path.name}")
     try:
         verify_archive(path, md5, progress=progress)
     except ChecksumError as error:
         aside = set_aside(path)
-        raise ChecksumError(f"{error}; moved it to {aside.name} so the next run fetches it again") from error
+        then = ("put a good copy of the archive there (or run without --data_ready True to download it)"
+                if data_ready else "the next run downloads it again")
+        raise ChecksumError(f"{error}; moved it to {aside.name}: {then}") from error
 
 
 def _obtain_subset(root: Path, archive: LibriSpeechArchive, md5: str, data_ready: bool, base_url: str,
                    retries: int, progress: bool) -> Path:
-    """Make `root/LibriSpeech/<subset>/` complete (download, verify, extract as needed); returns it."""
+    """Make `root/LibriSpeech/<subset>/` complete (download, verify, extract as needed); returns it.
+    A subset already converted (its `conversion_record` exists) needs nothing."""
     subset_dir = _subset_dir(root, archive)
     marker = _extraction_marker(root, archive)
-    if marker.exists() and subset_dir.is_dir():
+    if conversion_record(subset_dir).exists() or (marker.exists() and subset_dir.is_dir()):
         return subset_dir
     archive_path = root / archive.name
     if archive_path.exists():
-        _verify_or_set_aside(archive_path, md5, progress)
+        _verify_or_set_aside(archive_path, md5, data_ready, progress)
     elif data_ready:
         return subset_dir  # an extracted tree the user supplied (checked to exist beforehand)
     else:
@@ -418,10 +466,59 @@ def _obtain_subset(root: Path, archive: LibriSpeechArchive, md5: str, data_ready
 
 
 def _missing_inputs(root: Path, archives: Iterable[LibriSpeechArchive]) -> List[str]:
-    """For `data_ready`: each archive with neither the file nor an extracted tree in `root`."""
+    """For `data_ready`: each archive with neither the file, an extracted tree nor a finished
+    conversion in `root`."""
     return [f"{root / archive.name} (or extracted {_subset_dir(root, archive)}/)"
             for archive in archives
-            if not (root / archive.name).exists() and not _subset_dir(root, archive).is_dir()]
+            if not (root / archive.name).exists() and not _subset_dir(root, archive).is_dir()
+            and not conversion_record(_subset_dir(root, archive)).exists()]
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def disk_space_needed(root: Path, archives: Iterable[LibriSpeechArchive], keep_flac: bool,
+                      archive_bytes: Optional[Mapping[str, int]] = None) -> int:
+    """Bytes the preparation of `archives` may still add under `root` (an estimate from above).
+
+    Per archive not yet converted: the download (unless the archive is there), the extracted FLAC
+    tree (unless extracted; with FLAC deletion only the largest one counts, as one tree is on
+    disk at a time) and its WAVs (WAV_BYTES_PER_ARCHIVE_BYTE x the archive). An archive's size is
+    the file's when present, else its extracted tree's, else `archive_bytes` / ARCHIVE_BYTES.
+    """
+    sizes = dict(ARCHIVE_BYTES)
+    sizes.update(archive_bytes or {})
+    total = 0.0
+    largest_tree = 0
+    for archive in archives:
+        subset_dir = _subset_dir(root, archive)
+        if conversion_record(subset_dir).exists():
+            continue
+        archive_path = root / archive.name
+        if archive_path.is_file():
+            size = archive_path.stat().st_size
+        elif subset_dir.is_dir():
+            size = _tree_bytes(subset_dir)
+        else:
+            size = sizes.get(archive.name, 0)
+            total += size
+        tree = 0 if subset_dir.is_dir() else size
+        if keep_flac:
+            total += tree
+        else:
+            largest_tree = max(largest_tree, tree)
+        total += WAV_BYTES_PER_ARCHIVE_BYTE * size
+    return int(total + largest_tree)
+
+
+def _check_disk_space(root: Path, needed: int) -> None:
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise PreparationError(
+            f"not enough free disk space in {root}: the chosen splits need about {needed:,} bytes "
+            f"({needed / 1e9:.1f} GB) more, {free:,} bytes ({free / 1e9:.1f} GB) are available; "
+            f"free some space, choose fewer --splits, or use another --root_path")
 
 
 def _normalise_splits(splits: Iterable[str]) -> List[str]:
@@ -442,7 +539,8 @@ def _normalise_splits(splits: Iterable[str]) -> List[str]:
 def prepare_librispeech(root_path, splits: Sequence[str] = SPLITS, data_ready: bool = False,
                         workers: Optional[int] = None, base_url: str = OPENSLR_URL, *,
                         archive_md5s: Optional[Mapping[str, str]] = None, retries: int = 5,
-                        progress: bool = True, verbose: bool = True) -> PreparationSummary:
+                        progress: bool = True, verbose: bool = True, keep_flac: bool = False,
+                        archive_bytes: Optional[Mapping[str, int]] = None) -> PreparationSummary:
     """Prepare the requested LibriSpeech splits under `root_path`; returns (and prints) a summary.
 
     Only the archives feeding `splits` are fetched from `base_url`. With `data_ready` nothing is
@@ -450,6 +548,10 @@ def prepare_librispeech(root_path, splits: Sequence[str] = SPLITS, data_ready: b
     tree, else `PreparationError` lists every missing one. `workers` processes convert audio
     (default: one per CPU). `archive_md5s` ({archive name: md5}) replaces published sums, for
     archives built locally. Bad utterances are listed in the summary, not raised.
+    A subset extracted here from its archive has its FLAC tree deleted once its WAVs are written
+    and checked, unless `keep_flac`; a tree the user supplied is never deleted. Before anything
+    starts, PreparationError names the bytes needed when the disk lacks them (`disk_space_needed`;
+    `archive_bytes` replaces the known archive sizes).
     """
     started = time.monotonic()
     root = Path(root_path).resolve()
@@ -458,21 +560,29 @@ def prepare_librispeech(root_path, splits: Sequence[str] = SPLITS, data_ready: b
     md5s = {archive.name: archive.md5 for archive in ARCHIVES}
     md5s.update(archive_md5s or {})
     needed = [archive for archive in ARCHIVES if archive.split in requested]
+    if root.exists() and not root.is_dir():
+        raise PreparationError(f"--root_path {root} is a file, not a folder")
     if data_ready:
         missing = _missing_inputs(root, needed)
         if missing:
-            raise PreparationError("--data_ready True, but these inputs are missing:\n  "
+            raise PreparationError("--data_ready True (--download False): nothing is downloaded, "
+                                   "but these inputs are missing:\n  "
                                    + "\n  ".join(missing))
     root.mkdir(parents=True, exist_ok=True)
-
-    subset_dirs: Dict[str, List[Path]] = {split: [] for split in requested}
-    for archive in needed:
-        subset_dirs[archive.split].append(
-            _obtain_subset(root, archive, md5s[archive.name], data_ready, base_url, retries, progress))
+    _check_disk_space(root, disk_space_needed(root, needed, keep_flac, archive_bytes))
 
     summary = PreparationSummary(root_path=str(root))
     for split in requested:
-        summary.splits.append(prepare_split(root, split, subset_dirs[split], workers, progress))
+        sources, deletable = [], []
+        for archive in needed:
+            if archive.split != split:
+                continue
+            # Only a tree extracted here from its archive may be deleted: it can be extracted again.
+            if not keep_flac and ((root / archive.name).exists() or not data_ready):
+                deletable.append(_subset_dir(root, archive))
+            sources.append(functools.partial(_obtain_subset, root, archive, md5s[archive.name],
+                                             data_ready, base_url, retries, progress))
+        summary.splits.append(prepare_split(root, split, sources, workers, progress, deletable))
     summary.wall_seconds = time.monotonic() - started
     if verbose:
         print(summary.report())
@@ -495,25 +605,53 @@ def parse_bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Download LibriSpeech, convert it to 16 kHz WAV and write DeepSpeech2 manifests.")
-    parser.add_argument("--root_path", required=True, help="folder for archives and prepared splits")
-    parser.add_argument("--data_ready", type=parse_bool, default=False, metavar="True|False",
-                        help="use archives or an extracted LibriSpeech/ tree already in root_path; no network")
+    parser.add_argument("--root_path", default=None, help="folder for archives and prepared splits")
+    parser.add_argument("--data_path", default=None,
+                        help="the original script's name for --root_path")
+    parser.add_argument("--data_ready", type=parse_bool, default=None, metavar="True|False",
+                        help="use archives or an extracted LibriSpeech/ tree already in root_path; "
+                             "no network (default: False)")
+    parser.add_argument("--download", type=parse_bool, default=None, metavar="True|False",
+                        help="the original script's flag: True downloads the archives (the default "
+                             "here), False is --data_ready True")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
                         help=f"splits to prepare (default: all of {' '.join(SPLITS)})")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes converting audio (default: one per CPU)")
     parser.add_argument("--base_url", default=OPENSLR_URL, help="where the archives are downloaded from")
     parser.add_argument("--retries", type=int, default=5, help="retries of a dropped download, each resuming")
+    parser.add_argument("--keep_flac", type=parse_bool, default=False, metavar="True|False",
+                        help="keep each subset's extracted FLAC tree after its WAVs are checked "
+                             "(default: False, deleted)")
     return parser
+
+
+def resolve_flags(args: argparse.Namespace) -> Tuple[str, bool]:
+    """(root path, data_ready) from our flags and the original's `--data_path` / `--download`;
+    PreparationError when they are missing or contradict each other."""
+    paths = {value for value in (args.root_path, args.data_path) if value is not None}
+    if not paths:
+        raise PreparationError("--root_path (or the original's --data_path) is required")
+    if len(paths) > 1:
+        raise PreparationError(f"--root_path {args.root_path} and --data_path {args.data_path} "
+                               f"name different folders; give one")
+    data_ready = args.data_ready
+    if args.download is not None:
+        if data_ready is not None and data_ready == args.download:
+            raise PreparationError(f"--download {args.download} contradicts --data_ready {data_ready}")
+        data_ready = not args.download
+    return paths.pop(), bool(data_ready)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 also when some utterances had problems)."""
     args = build_parser().parse_args(argv)
     try:
-        prepare_librispeech(args.root_path, splits=args.splits, data_ready=args.data_ready,
-                            workers=args.workers, base_url=args.base_url, retries=args.retries)
-    except (PreparationError, ArchiveError) as error:
+        root_path, data_ready = resolve_flags(args)
+        prepare_librispeech(root_path, splits=args.splits, data_ready=data_ready,
+                            workers=args.workers, base_url=args.base_url, retries=args.retries,
+                            keep_flac=args.keep_flac)
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

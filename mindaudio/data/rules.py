@@ -1,30 +1,38 @@
-"""Config checks whose rules the data layer owns (window names, labels, noise files).
+"""The data layer's checks of a configuration, each asked of the module that owns the rule.
 
-PLACEHOLDER from helper "cli" so that mindaudio/cli.py can call it on its branch: helper "data"
-owns this module and its version replaces this one at the merge.
+`check_data_config` is called once by the command-line layer after the yaml is loaded, so a
+mistake ends before any work starts with one ConfigError naming the yaml file and key, instead of
+a failure at the first batch. The rules themselves stay with their owners: the window names and
+frame geometry with `features`, the label alphabet with `text`, the noise-file listing with
+`augment`.
 """
 from __future__ import annotations
 
 from mindaudio.config import Config, ConfigError
 from mindaudio.data.augment import AugmentError, list_noise_files
-from mindaudio.data.features import WINDOW_NAMES
-from mindaudio.data.text import CharTokenizer
+from mindaudio.data.features import check_window, fft_size, hop_size
+from mindaudio.data.text import check_labels
 
 
 def check_data_config(config: Config) -> None:
-    """Raise ConfigError naming the yaml and the key when the data layer cannot use `config`."""
+    """Raise ConfigError ("<yaml>: <Section.key>: <why>") for the first data setting that cannot work."""
     spect = config.SpectConfig
-    if spect.window not in WINDOW_NAMES:
-        raise ConfigError(f"{config.source}: SpectConfig.window: must be one of {', '.join(WINDOW_NAMES)}, "
-                          f"got {spect.window!r}")
-    try:
-        CharTokenizer(config.labels)
-    except ValueError as err:
-        raise ConfigError(f"{config.source}: labels: {err}") from None
+    _ask(config, "SpectConfig.window", check_window, spect.window)
+    _ask(config, "SpectConfig.window_size", fft_size, spect)
+    _ask(config, "SpectConfig.window_stride", hop_size, spect)
+    _ask(config, "labels", check_labels, config.labels)
     augmentation = config.AugmentationConfig
     if augmentation.noise_dir and augmentation.noise_prob > 0:
         try:
             list_noise_files(augmentation.noise_dir)
         except AugmentError as err:
-            raise ConfigError(f"{config.source}: AugmentationConfig.noise_dir: {err} (noise is on because "
-                              f"noise_dir is set and noise_prob is {augmentation.noise_prob})") from None
+            raise ConfigError(f"{config.source}: AugmentationConfig.noise_dir: {err} (noise is on "
+                              f"because noise_dir is set and noise_prob is "
+                              f"{augmentation.noise_prob})") from None
+
+
+def _ask(config: Config, key: str, check, value) -> None:
+    try:
+        check(value)
+    except ValueError as err:
+        raise ConfigError(f"{config.source}: {key}: {err}") from None

@@ -23,10 +23,13 @@ class DropCounts:
     too_long: int = 0  # longer than max_duration
     empty_label: int = 0  # no character of the transcript is a label
     label_too_long: int = 0  # CTC cannot align the label within the model's output frames
+    digits: int = 0  # the transcript holds digits, which have no single spelling (see data.text)
+    empty_audio: int = 0  # the recording holds no samples (duration 0)
 
     @property
     def total(self) -> int:
-        return self.too_long + self.empty_label + self.label_too_long
+        return (self.too_long + self.empty_label + self.label_too_long + self.digits
+                + self.empty_audio)
 
 
 @dataclass(frozen=True)
