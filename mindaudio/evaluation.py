@@ -103,13 +103,6 @@ def transcribe_batches(model: ms.nn.Cell, batches: Iterable[Dict[str, np.ndarray
     return hypotheses
 
 
-def split_references(split: Split, tokenizer: CharTokenizer) -> List[str]:
-    """The reference transcript of each utterance of `split`, as the split's labels spell it
-    (upper case, characters outside the labels removed, and with `drop_apostrophes` no
-    apostrophes): exactly what the model could produce, the hypotheses are scored against it."""
-    return [tokenizer.decode(label) for label in split.labels]
-
-
 def excluded_utterances(utterances: Sequence[Utterance], problems: Iterable[Tuple[str, str]],
                         non_finite: Iterable[int]) -> Dict[int, str]:
     """Reason by utterance index for those that cannot be scored.
@@ -131,7 +124,7 @@ def score(utterances: Sequence[Utterance], hypotheses: Dict[int, str], reference
           wall_seconds: float = 0.0, excluded: Optional[Dict[int, str]] = None) -> EvalResult:
     """WER/CER over `utterances` (indexed as in `hypotheses`) except the `excluded` ones (index ->
     reason), which are listed in the result instead; `references` are the label-space transcripts
-    (see `split_references`)."""
+    (`Split.references`: normalised as the training targets are)."""
     excluded = excluded or {}
     scored = [i for i in range(len(utterances)) if i not in excluded]
     missing = [utterances[i].id for i in scored if i not in hypotheses]
@@ -166,7 +159,7 @@ def evaluate_split(model: ms.nn.Cell, split: Split, config: Config, tokenizer: C
                                     decoder=decoder, non_finite=non_finite)
     # Read after the iteration: the dataset's workers record problems as they meet them.
     excluded = excluded_utterances(split.utterances, list(getattr(dataset, "problems", [])), non_finite)
-    result = score(split.utterances, hypotheses, split_references(split, tokenizer),
+    result = score(split.utterances, hypotheses, list(split.references),
                    time.perf_counter() - start, excluded)
     if decoder is not None:
         result.decoder = decoder.describe()
@@ -289,7 +282,7 @@ def run_evaluation(config: Config, progress: bool = True, print_utterances: bool
         raise ConfigError(f"{config.source}: EvalConfig.test_manifest is empty")
     check_report_writable(config.EvalConfig.save_output, config.source)
     setup_runtime(config.runtime, config.TrainingConfig.seed)
-    tokenizer = CharTokenizer(config.labels)
+    tokenizer = CharTokenizer.from_config(config)
     split = load_split(config.EvalConfig.test_manifest, tokenizer, config.SpectConfig,
                        bucket_boundaries=config.TrainingConfig.bucket_boundaries)
     print(split.summary(), file=out)

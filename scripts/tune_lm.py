@@ -40,7 +40,7 @@ def collect_log_probs(config, checkpoint: str, manifest: str, progress: bool = T
     from mindaudio.models.build import build_model
     from mindaudio.checkpoint import load_model_weights
 
-    tokenizer = CharTokenizer(config.labels)
+    tokenizer = CharTokenizer.from_config(config)
     split = load_split(manifest, tokenizer, config.SpectConfig,
                        bucket_boundaries=config.TrainingConfig.bucket_boundaries)
     model = build_model(config, config.EvalConfig.batch_size)

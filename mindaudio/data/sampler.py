@@ -12,8 +12,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mindaudio.config import UserError
 
-class SamplerError(ValueError):
+
+class SamplerError(UserError, ValueError):
     """A batching request that cannot be satisfied (bad edges, too few utterances, ...)."""
 
 

@@ -36,6 +36,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
+from mindaudio.config import UserError
 from mindaudio.data.text import BLANK, CharTokenizer
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -47,7 +48,7 @@ _LOG10_NEVER = -99.0
 Ngram = Tuple[str, ...]
 
 
-class NgramError(ValueError):
+class NgramError(UserError, ValueError):
     """A corpus or setting from which no language model can be built."""
 
 

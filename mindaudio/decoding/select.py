@@ -16,7 +16,7 @@ def build_decoder(config: Config) -> Decoder:
 
     Raises `ConfigError` naming the key when the beam decoder's packages or files are missing.
     """
-    blank_id = CharTokenizer(config.labels).blank_id
+    blank_id = CharTokenizer.from_config(config).blank_id
     if config.EvalConfig.decoder_type == "greedy":
         return GreedyDecoder(config.labels, blank_id)
     return BeamSearchDecoder.from_config(config, blank_id)
