@@ -9,7 +9,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from mindaudio.cli import check_writable_dir, parse_command_line, run_cli
+from mindaudio.cli import parse_command_line, run_cli
+from mindaudio.config import check_writable_dir
 from mindaudio.config import ConfigError, check_files
 
 DESCRIPTION = "Export DeepSpeech2 to MindIR and ONNX and check the exports against the checkpoint."
@@ -33,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not config.Pretrained_model:
         raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
     check_files(config, ["Pretrained_model"])
-    check_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output", config)
+    check_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
     from mindaudio.export import DEFAULT_TOLERANCE, ExportError, export_model
     from mindaudio.runtime.device import setup_runtime
 

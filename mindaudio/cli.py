@@ -165,29 +165,6 @@ def check_config(config: Config, runs_model: bool = True) -> None:
         choose_device(config.runtime.device_target)
 
 
-def check_writable_dir(directory: str, key: str, config: Config) -> None:
-    """ConfigError naming `key` (a config key, or a flag like '--output') unless `directory` exists
-    or can be created, and a file can be written and removed in it. Run before any work, so a run
-    never fails at its first write (nor an evaluation after it has finished)."""
-    where = key if key.startswith("--") else f"{config.source}: {key}"
-    path = directory or "."
-    try:
-        os.makedirs(path, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"{where}: {path} exists and is not a directory") from None
-    except OSError as err:
-        raise ConfigError(f"{where}: cannot create the directory {path}: {err.strerror}") from None
-    if not os.path.isdir(path):
-        raise ConfigError(f"{where}: {path} is not a directory")
-    probe = os.path.join(path, f".write-test-{os.getpid()}")
-    try:
-        with open(probe, "wb") as handle:
-            handle.write(b"x")
-        os.remove(probe)
-    except OSError as err:
-        raise ConfigError(f"{where}: cannot write in {path}: {err.strerror}") from None
-
-
 def one_line(message: str) -> str:
     """`message` on one line (yaml's and MindSpore's messages span several)."""
     return " | ".join(line.strip() for line in str(message).splitlines() if line.strip()) or "(no message)"

@@ -415,6 +415,29 @@ def _validate_augmentation(config: Config) -> None:
 URL_KEYS = ("Pretrained_model", "CheckpointConfig.resume_from")
 
 
+def check_writable_dir(directory: str, where: str) -> None:
+    """Raise ConfigError, its message starting with `where` (e.g. "deepspeech2.yaml:
+    CheckpointConfig.ckpt_path" or "--output"), unless `directory` exists or can be created and a
+    file can be written and removed in it. Run before any work, so a run never fails at its first
+    write (nor an evaluation after it has finished)."""
+    path = directory or "."
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{where}: {path} exists and is not a directory") from None
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot create the directory {path}: {err.strerror}") from None
+    if not os.path.isdir(path):
+        raise ConfigError(f"{where}: {path} is not a directory")
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"x")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot write in {path}: {err.strerror}") from None
+
+
 def check_files(config: Config, keys: Sequence[str]) -> None:
     """Raise `ConfigError` naming the key when one of `keys` (e.g. 'EvalConfig.test_manifest') is set
     to a path that does not exist or is a directory."""

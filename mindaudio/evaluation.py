@@ -30,7 +30,7 @@ from tqdm import tqdm
 import mindspore as ms
 
 from mindaudio.checkpoint import CheckpointManager, load_model_weights
-from mindaudio.config import Config, ConfigError, UserError, check_files
+from mindaudio.config import Config, ConfigError, UserError, check_files, check_writable_dir
 from mindaudio.data.dataset import Split, build_dataset, load_split, make_sampler
 from mindaudio.data.manifest import Utterance
 from mindaudio.data.text import CharTokenizer
@@ -208,17 +208,10 @@ def check_report_writable(save_output: str, source: str) -> str:
     if not save_output.strip():
         raise ConfigError(f"{source}: EvalConfig.save_output is empty: give the report's path")
     path = report_path(save_output)
-    probe = path + ".tmp"
-    try:
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"{path} is a directory")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        os.remove(probe)
-    except OSError as err:
-        raise ConfigError(f"{source}: EvalConfig.save_output: cannot write the report {path}: "
-                          f"{err.strerror or err}") from None
+    where = f"{source}: EvalConfig.save_output: cannot write the report {path}"
+    if os.path.isdir(path):
+        raise ConfigError(f"{where}: it is a directory")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), where)
     return path
 
 
