@@ -121,10 +121,12 @@ def excluded_utterances(utterances: Sequence[Utterance], problems: Iterable[Tupl
 
 
 def score(utterances: Sequence[Utterance], hypotheses: Dict[int, str], references: Sequence[str],
-          wall_seconds: float = 0.0, excluded: Optional[Dict[int, str]] = None) -> EvalResult:
+          wall_seconds: float = 0.0, excluded: Optional[Dict[int, str]] = None,
+          left_out: Sequence[Tuple[str, str, str]] = ()) -> EvalResult:
     """WER/CER over `utterances` (indexed as in `hypotheses`) except the `excluded` ones (index ->
     reason), which are listed in the result instead; `references` are the label-space transcripts
-    (`Split.references`: normalised as the training targets are)."""
+    (`Split.references`: normalised as the training targets are); `left_out`: (id, path, reason)
+    of utterances the split dropped when it read the manifest, listed with the excluded ones."""
     excluded = excluded or {}
     scored = [i for i in range(len(utterances)) if i not in excluded]
     missing = [utterances[i].id for i in scored if i not in hypotheses]
@@ -132,6 +134,7 @@ def score(utterances: Sequence[Utterance], hypotheses: Dict[int, str], reference
         raise RuntimeError(f"{len(missing)} utterance(s) were never decoded, e.g. {missing[0]}")
     excluded_rows = [{"id": utterances[i].id, "path": utterances[i].audio_path, "reason": excluded[i]}
                      for i in sorted(excluded)]
+    excluded_rows += [{"id": uid, "path": path, "reason": reason} for uid, path, reason in left_out]
     if not scored:
         raise EvaluationError(f"none of the {len(utterances)} utterances could be scored: "
                               + "; ".join(f"{row['path']}: {row['reason']}" for row in excluded_rows[:3]))
@@ -160,7 +163,7 @@ def evaluate_split(model: ms.nn.Cell, split: Split, config: Config, tokenizer: C
     # Read after the iteration: the dataset's workers record problems as they meet them.
     excluded = excluded_utterances(split.utterances, list(getattr(dataset, "problems", [])), non_finite)
     result = score(split.utterances, hypotheses, list(split.references),
-                   time.perf_counter() - start, excluded)
+                   time.perf_counter() - start, excluded, split.left_out)
     if decoder is not None:
         result.decoder = decoder.describe()
     return result
