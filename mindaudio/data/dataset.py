@@ -234,7 +234,7 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
                        utterances[position].source or manifest, utterances[position].audio_path)
     all_count = len(utterances)
     # (id, audio path, reason) of what is left out here, for evaluation to name in its report.
-    left_out = tuple((utterances[i].id, utterances[i].audio_path, reason) for i, reason in sorted(
+    untranscribable = tuple((utterances[i].id, utterances[i].audio_path, reason) for i, reason in sorted(
         [(i, "digits in the transcript") for i in with_digits]
         + [(i, "holds no audio (duration 0)") for i in empty_audio]))
     if with_digits or empty_audio:
@@ -281,7 +281,7 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
                   drops=drops, unknown_chars=unknown, fixed_frames=int(fixed_frames),
                   speed_range=(slowest, fastest),
                   references=tuple(tokenizer.decode(label) for label in kept_labels),
-                  left_out=left_out)
+                  left_out=untranscribable)
     logger.info(split.summary())
     return split
 
