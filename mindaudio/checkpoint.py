@@ -35,6 +35,10 @@ class TrainState:
     seed: int = 1
     best_wer: float = math.inf
     skipped_steps: int = 0
+    # Running sum (float32) and count of the current epoch's training losses, so that the
+    # epoch's mean loss covers the whole epoch after a resume too.
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
 
 
 _STATE_KEYS = {f.name: f.type for f in dataclasses.fields(TrainState)}

@@ -134,7 +134,7 @@ def test_steps_with_non_finite_gradients_are_skipped_and_counted(short_manifest,
     trainer = Trainer(config, progress=False)
     result = trainer.run()
     assert result.state.skipped_steps == 2 and result.state.global_step == 0
-    initial = build_model(config, 2, seed=config.TrainingConfig.seed)
+    initial = build_model(config, seed=config.TrainingConfig.seed)
     for before, after in zip(initial.trainable_params(), trainer.model.trainable_params()):
         np.testing.assert_array_equal(before.asnumpy(), after.asnumpy(), err_msg=before.name)
 
