@@ -162,8 +162,10 @@ def make_adam(weights: ParameterTuple, optim: OptimConfig) -> nn.Adam:
 
     `ApplyGradients` has already divided the gradients by the loss scale. With
     `optim.divide_by_loss_scale_twice` Adam divides them by it once more (MindSpore's
-    `Adam(loss_scale=...)`, after adding the weight decay), as the original's training did: its Adam
-    then saw gradients `loss_scale` times smaller, so epsilon weighed `loss_scale` times more.
+    `Adam(loss_scale=...)`), as the original's training effectively did (its Adam was built with
+    `loss_scale` while its training cell did not scale the loss): Adam then sees gradients
+    `loss_scale` times smaller, so epsilon, and the weight decay added after that division, weigh
+    `loss_scale` times more. The plain setting (False) is ordinary Adam on the true gradients.
     """
     loss_scale = optim.loss_scale if optim.divide_by_loss_scale_twice else 1.0
     return nn.Adam(weights, learning_rate=optim.learning_rate, beta1=optim.betas[0], beta2=optim.betas[1],
