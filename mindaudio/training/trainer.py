@@ -10,8 +10,6 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-import mindspore as ms
-
 from mindaudio.checkpoint import (CheckpointManager, TrainState, load_checkpoint, load_model_weights,
                                   restore_parameters, training_parameters)
 from mindaudio.config import Config, check_files
