@@ -51,7 +51,7 @@ def main() -> int:
         "ModelConfig": {"hidden_size": args.hidden, "hidden_layers": args.layers},
         "EvalConfig": {"decoder_type": args.decoder, "beam_width": args.beam_width, "lm_path": args.lm}},
         source="bench")
-    model = build_model(config, 1, seed=0)
+    model = build_model(config, seed=0)
     transcriber = Transcriber(AcousticModel(model), config.SpectConfig, build_decoder(config),
                               chunk_seconds=args.chunk_seconds)
     utterances = extracted_utterances(Path(args.shared_dir) / "data" / "librispeech_mini" / "LibriSpeech")

@@ -1,15 +1,21 @@
 """Build DeepSpeech2 from the config."""
+from typing import Optional
+
 import numpy as np
 
 from mindaudio.config import Config
 from mindaudio.models.deepspeech2 import DeepSpeechModel
 
 
-def build_model(config: Config, batch_size: int, seed: int = None) -> DeepSpeechModel:
+def build_model(config: Config, batch_size: Optional[int] = None, seed: Optional[int] = None) -> DeepSpeechModel:
     """DeepSpeech2 as `ModelConfig` and `SpectConfig` describe it; initial weights drawn from
-    `seed` (every data-parallel rank must pass the same one)."""
+    `seed` (every data-parallel rank must pass the same one).
+
+    batch_size: ignored (the model takes any batch size); accepted only until the remaining
+        callers stop passing it.
+    """
     model_cfg = config.ModelConfig
-    return DeepSpeechModel(batch_size=batch_size, labels=config.labels,
+    return DeepSpeechModel(batch_size=None, labels=config.labels,
                            rnn_hidden_size=model_cfg.hidden_size, nb_layers=model_cfg.hidden_layers,
                            audio_conf=config.SpectConfig, rnn_type=model_cfg.rnn_type,
                            masked=model_cfg.masked, rng=np.random.default_rng(seed))
