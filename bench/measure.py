@@ -281,13 +281,13 @@ def transcription_rtf(hidden: int, layers: int, baseline: bool, utterances: int,
 
 def librosa_log_spectrogram(signal: np.ndarray, spect) -> np.ndarray:
     """The original-compat features computed with librosa: periodic Hann STFT, centred with
-    reflection padding, log1p magnitude, one mean/std over the spectrogram."""
+    zero padding (as the original's stft), log1p magnitude, one mean/std over the spectrogram."""
     import librosa
 
     n_fft = int(spect.sample_rate * spect.window_size)
     hop = int(spect.sample_rate * spect.window_stride)
     magnitude = np.abs(librosa.stft(signal, n_fft=n_fft, hop_length=hop, win_length=n_fft,
-                                    window="hann", center=True, pad_mode="reflect"))
+                                    window="hann", center=True, pad_mode="constant"))
     log_magnitude = np.log1p(magnitude)
     return (log_magnitude - log_magnitude.mean()) / log_magnitude.std()
 

@@ -170,27 +170,13 @@ def one_line(message: str) -> str:
     return " | ".join(line.strip() for line in str(message).splitlines() if line.strip()) or "(no message)"
 
 
-# Project errors whose classes did not derive from UserError yet when this was written (their
-# modules' owners are rebasing them). Treated as user errors meanwhile; delete this set, and the
-# test in `_is_user_error`, once every one of them subclasses UserError.
-_NOT_YET_USER_ERRORS = frozenset({"CheckpointError", "NgramError", "ManifestError", "DatasetError", "AudioError",
-                                  "AugmentError", "SamplerError", "LaunchError"})
-
-
-def _is_user_error(err: BaseException) -> bool:
-    if isinstance(err, UserError):
-        return True
-    return type(err).__module__.startswith("mindaudio.") and any(
-        cls.__name__ in _NOT_YET_USER_ERRORS for cls in type(err).__mro__)
-
-
 def run_cli(main: Callable[[], Optional[int]]) -> None:
     """Run an entry point's `main` and exit with its status; a `UserError` becomes `error: <message>`
     on stderr and status 2, Ctrl-C one line and status 130. Other exceptions are bugs: they propagate."""
     try:
         status = main()
     except Exception as err:  # noqa: BLE001  (re-raised below unless it is a user error)
-        if not _is_user_error(err):
+        if not isinstance(err, UserError):
             raise
         sys.stdout.flush()
         print(f"error: {one_line(err)}", file=sys.stderr)

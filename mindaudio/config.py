@@ -130,7 +130,8 @@ class OptimConfig:
     weight_decay: float = 1e-5
     # Kept from the original's yaml; Adam has no momentum term.
     momentum: float = 0.9
-    # Kept from the original's yaml; Adam's epsilon is `epsilon` (what the published run used).
+    # Kept from the original's yaml, unused: Adam's epsilon is `epsilon` (the original's value, which acted on
+    # gradients loss_scale times smaller there: see divide_by_loss_scale_twice).
     eps: float = 1e-9
     betas: Tuple[float, float] = (0.9, 0.999)
     # Static loss scale: needed for fp16 on Ascend, exact no-op in fp32.

@@ -283,7 +283,7 @@ def run_evaluation(config: Config, progress: bool = True, print_utterances: bool
                        bucket_boundaries=config.TrainingConfig.bucket_boundaries)
     print(split.summary(), file=out)
     path = checkpoint_to_evaluate(config)
-    model = build_model(config, config.EvalConfig.batch_size)
+    model = build_model(config)
     load_model_weights(model, path)
     decoder = build_decoder(config)
     print(f"evaluating {path} with {decoder.describe()} decoding", file=out)

@@ -1,4 +1,4 @@
-"""Overfit a small DeepSpeech2 on the 14 real LibriSpeech utterances in ../shared/data.
+"""Overfit a small DeepSpeech2 on the 14 real LibriSpeech utterances bundled in data/librispeech_mini.
 
 A sanity check of the whole training path (features, masking, CTC, optimizer, checkpoints,
 greedy decoding): a model that can learn must drive the greedy CER on its own training set
@@ -27,7 +27,8 @@ from mindaudio.training.trainer import Trainer  # noqa: E402
 
 def main() -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
-    parser.add_argument("--shared_dir", default=str(REPO.parent / "shared"))
+    parser.add_argument("--librispeech", default=str(REPO / "data" / "librispeech_mini" / "LibriSpeech"),
+                        help="an extracted LibriSpeech/ tree")
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "overfit"))
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--hidden_layers", type=int, default=2)
@@ -39,7 +40,7 @@ def main() -> int:
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    utterances = extracted_utterances(Path(args.shared_dir) / "data" / "librispeech_mini" / "LibriSpeech")
+    utterances = extracted_utterances(Path(args.librispeech))
     manifest = write_manifest_with_transcripts(work, utterances)
     # TrainingConfig.epochs is raised round by round below; each round resumes from the last checkpoint.
     data = {

@@ -44,7 +44,7 @@ def collect_log_probs(config, checkpoint: str, manifest: str, progress: bool = T
     tokenizer = CharTokenizer.from_config(config)
     split = load_split(manifest, tokenizer, config.SpectConfig,
                        bucket_boundaries=config.TrainingConfig.bucket_boundaries)
-    model = build_model(config, config.EvalConfig.batch_size)
+    model = build_model(config)
     load_model_weights(model, checkpoint)
     model.set_train(False)
     batches = make_sampler(split, config.EvalConfig.batch_size, train=False).batches(0)

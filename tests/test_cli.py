@@ -262,7 +262,7 @@ def test_transcribe_names_a_missing_audio_file_and_exits_1(config_file, speech, 
     from mindaudio.models.build import build_model
 
     checkpoint = tmp_path / "small.ckpt"
-    ms.save_checkpoint(build_model(config_from_dict(yaml.safe_load(config_file.read_text())), 1), str(checkpoint))
+    ms.save_checkpoint(build_model(config_from_dict(yaml.safe_load(config_file.read_text()))), str(checkpoint))
     missing = tmp_path / "absent.wav"
     proc = run("transcribe.py", "-c", config_file, "--checkpoint", checkpoint, speech[0], missing)
     assert proc.returncode == 1  # the other file was transcribed

@@ -59,7 +59,7 @@ def test_compat_flags_select_the_original_scheme(repo_root):
     config, _ = parse_command_line(["-c", str(repo_root / "deepspeech2.yaml")] + COMPAT_FLAGS, "test")
     assert (config.TrainingConfig.fixed_frames, config.EvalConfig.fixed_frames) == (1250, 3500)
     assert config.ModelConfig.masked is False
-    model = build_model(config, batch_size=1, seed=0)
+    model = build_model(config, seed=0)
     assert model.masked is False
     assert all(layer.masked is False for layer in model.RNN.lstms)
 
@@ -148,7 +148,7 @@ def test_unmasked_model_depends_on_padding_as_the_original_did(config):
     for masked in (True, False):
         small = config_from_dict({"ModelConfig": {"hidden_size": 16, "hidden_layers": 1,
                                                   "masked": masked}})
-        model = build_model(small, batch_size=1, seed=3)
+        model = build_model(small, seed=3)
         model.set_train(False)
         short, _ = model(ms.Tensor(utterance), lengths)
         long, _ = model(ms.Tensor(padded), lengths)

@@ -130,7 +130,7 @@ def tiny(tmp_path_factory):
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     work = tmp_path_factory.mktemp("tiny")
     data = small_config_dict(work / "unused.json", work / "ckpt")
-    model = build_model(config_from_dict(data, source="tiny"), 1, seed=4)
+    model = build_model(config_from_dict(data, source="tiny"), seed=4)
     checkpoint = work / "tiny.ckpt"
     ms.save_checkpoint(model, str(checkpoint))
     return data, checkpoint
@@ -211,7 +211,7 @@ def evaluate(tiny, manifest: Path):
     tokenizer = CharTokenizer(config.labels)
     split = load_split(str(manifest), tokenizer, config.SpectConfig,
                        bucket_boundaries=config.TrainingConfig.bucket_boundaries)
-    model = build_model(config, 1)
+    model = build_model(config)
     ms.load_param_into_net(model, ms.load_checkpoint(str(tiny[1])))
     return evaluate_split(model, split, config, tokenizer, progress=False)
 

@@ -7,13 +7,9 @@ from mindaudio.config import Config
 from mindaudio.models.deepspeech2 import DeepSpeechModel
 
 
-def build_model(config: Config, batch_size: Optional[int] = None, seed: Optional[int] = None) -> DeepSpeechModel:
-    """DeepSpeech2 as `ModelConfig` and `SpectConfig` describe it; initial weights drawn from
-    `seed` (every data-parallel rank must pass the same one).
-
-    batch_size: ignored (the model takes any batch size); accepted only until the remaining
-        callers stop passing it.
-    """
+def build_model(config: Config, seed: Optional[int] = None) -> DeepSpeechModel:
+    """DeepSpeech2 as `ModelConfig` and `SpectConfig` describe it (any batch size); initial
+    weights drawn from `seed` (every data-parallel rank must pass the same one)."""
     model_cfg = config.ModelConfig
     return DeepSpeechModel(batch_size=None, labels=config.labels,
                            rnn_hidden_size=model_cfg.hidden_size, nb_layers=model_cfg.hidden_layers,

@@ -20,6 +20,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Mapping, MutableMapping, Optional, Tuple
 
+from mindaudio.config import UserError
+
 SINGLE = "single"
 MSRUN = "msrun"  # msrun, or MindSpore's environment-variable launch (MS_ROLE=MS_WORKER)
 SCHEDULER = "scheduler"  # MS_ROLE=MS_SCHED: msrun runs the training script as its scheduler too
@@ -42,7 +44,7 @@ PREPARED = "MINDAUDIO_MPI_SCHEDULER"
 _MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_", "MPI_LOCAL", "HYDI_", "HYDRA_")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """A distributed launch that cannot be set up; the message says which variable to set."""
 
 
