@@ -27,11 +27,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 os.environ.setdefault("GLOG_v", "3")
 
 import mindaudio  # noqa: E402,F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
-from mindaudio.config import Config, ConfigError, UserError, load_config  # noqa: E402
+from mindaudio.config import Config, load_config  # noqa: E402
+from mindaudio.errors import EXIT_USER_ERROR, UserError, run_cli  # noqa: E402,F401  (run_cli: the entry points' wrapper)
 
 DEFAULT_CONFIG = "deepspeech2.yaml"
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 # The original's flags and the keys they set (argparse destination -> "Section.key").
 ORIGINAL_FLAGS = {
@@ -165,24 +164,3 @@ def check_config(config: Config, runs_model: bool = True) -> None:
         choose_device(config.runtime.device_target)
 
 
-def one_line(message: str) -> str:
-    """`message` on one line (yaml's and MindSpore's messages span several)."""
-    return " | ".join(line.strip() for line in str(message).splitlines() if line.strip()) or "(no message)"
-
-
-def run_cli(main: Callable[[], Optional[int]]) -> None:
-    """Run an entry point's `main` and exit with its status; a `UserError` becomes `error: <message>`
-    on stderr and status 2, Ctrl-C one line and status 130. Other exceptions are bugs: they propagate."""
-    try:
-        status = main()
-    except Exception as err:  # noqa: BLE001  (re-raised below unless it is a user error)
-        if not isinstance(err, UserError):
-            raise
-        sys.stdout.flush()
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        status = EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        sys.stdout.flush()
-        print("error: interrupted", file=sys.stderr)
-        status = EXIT_INTERRUPTED
-    sys.exit(status or 0)

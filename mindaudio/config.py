@@ -20,14 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-
-class UserError(Exception):
-    """A problem the user can fix (a bad file, key, path or value), not a bug in this code.
-
-    The project's user-facing errors derive from it; the command-line entry points print its
-    message as one line and exit non-zero instead of showing a traceback. The message names the
-    file, key or line at fault.
-    """
+from mindaudio.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -139,8 +132,8 @@ class OptimConfig:
     epsilon: float = 1e-5
     # Global-norm gradient clipping; 0 disables it.
     max_grad_norm: float = 400.0
-    # The original divided the gradients by the loss scale twice (once in its loss-scaled training
-    # cell, again in Adam(loss_scale=...)), so Adam saw gradients loss_scale times smaller and its
+    # The original built Adam(loss_scale=...) on gradients that were already at their true scale,
+    # so Adam divided them by the loss scale once more and saw them loss_scale times smaller: its
     # epsilon acted relatively loss_scale times larger. True reproduces that; False is plain Adam.
     divide_by_loss_scale_twice: bool = False
 

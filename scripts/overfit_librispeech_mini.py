@@ -8,7 +8,6 @@ checkpoint) and evaluates after each round, until the CER target or --max_epochs
     python scripts/overfit_librispeech_mini.py [--work_dir runs/overfit] [--target_cer 10]
 """
 import json
-import os
 import sys
 import time
 from argparse import RawDescriptionHelpFormatter

@@ -213,7 +213,7 @@ class Trainer:
     def _report_problems(self, problems, reported: int, epoch_skipped: Dict[str, str]) -> int:
         """Warn once per utterance the dataset newly recorded as unusable; returns how many of
         `problems` are reported now."""
-        fresh = list(problems[reported:])
+        fresh = list(problems)[reported:]
         for path, reason in fresh:
             logger.warning("utterance skipped (its batch's step is skipped): %s: %s", path, reason)
             epoch_skipped[path] = reason
@@ -237,7 +237,7 @@ class Trainer:
                                     augmentation=self.augmentation, epoch=epoch)
             # The dataset records (path, reason) of audio it cannot use, and fills that
             # utterance's features with NaN so that its step is skipped.
-            problems, reported, epoch_skipped = getattr(dataset, "problems", []), 0, {}
+            problems, reported, epoch_skipped = dataset.problems, 0, {}
             bar = tqdm(total=total, initial=self.state.batches_done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", disable=not self.progress, dynamic_ncols=True)
             window_audio, window_start = 0.0, time.perf_counter()
