@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 os.environ.setdefault("GLOG_v", "3")
 
 import mindaudio  # noqa: E402,F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
-from mindaudio.config import Config, load_config  # noqa: E402
+from mindaudio.config import Config, ConfigError, check_files, load_config  # noqa: E402
 from mindaudio.errors import EXIT_USER_ERROR, UserError, run_cli  # noqa: E402,F401  (run_cli: the entry points' wrapper)
 
 DEFAULT_CONFIG = "deepspeech2.yaml"
@@ -164,3 +164,22 @@ def check_config(config: Config, runs_model: bool = True) -> None:
         choose_device(config.runtime.device_target)
 
 
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """`--checkpoint`, for entry points that run a trained model (it sets `Pretrained_model`)."""
+    parser.add_argument("--checkpoint", default=None,
+                        help="model weights: a file or an http(s) URL (default: Pretrained_model from the config)")
+
+
+def checkpoint_override(args: argparse.Namespace) -> Dict[str, Any]:
+    """The config key `--checkpoint` sets: pass as `derived_overrides` to `parse_command_line`."""
+    return {"Pretrained_model": args.checkpoint} if args.checkpoint else {}
+
+
+def require_model_weights(config: Config, *other_files: str) -> None:
+    """ConfigError unless `Pretrained_model` (from `--checkpoint` or the yaml) names existing weights;
+    `other_files`: further config keys naming input files to check at the same time."""
+    if not config.Pretrained_model:
+        raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
+    check_files(config, ["Pretrained_model", *other_files])
