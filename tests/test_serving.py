@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -368,3 +369,74 @@ def test_concurrent_uploads_and_streams_all_correct(server, upload_files, refere
             assert messages[-1]["final"] == reference[upload_files[name].name]["transcript"]
     health = server.health()
     assert health["active_streams"] == 0 and health["queued"] == 0
+
+
+# ---------------------------------------------------------------- a streaming recogniser behind the live interface
+
+
+class WholeSoFarRecogniser:
+    """A real incremental recogniser for the adapter's test: keeps the samples fed so far and runs
+    the model on them at each feed (on whatever thread calls it), greedy-decoding a partial."""
+
+    def __init__(self, model, spect, decoder):
+        self.model, self.spect, self.decoder = AcousticModel(model), spect, decoder
+        self.samples, self.threads = [], set()
+
+    def _decode(self):
+        signal = np.concatenate(self.samples)
+        return self.decoder.decode(self.model.log_probs(log_spectrogram(signal, self.spect)))
+
+    def feed(self, samples):
+        self.threads.add(threading.current_thread().name)
+        self.samples.append(samples)
+        return self._decode().text if sum(s.size for s in self.samples) >= 400 else None
+
+    def finish(self):
+        self.threads.add(threading.current_thread().name)
+        return self._decode()
+
+
+def test_a_streaming_recogniser_plugs_into_live_sessions(tiny_model, speech):
+    """IncrementalSession resamples the client's PCM to the model's rate, drives the recogniser on
+    the model worker's thread, passes its partials on, and turns its final Hypothesis into words."""
+    from mindaudio.decoding.select import build_decoder
+    from mindaudio.serving.live import incremental_factory
+    from mindaudio.serving.recognition import Recognizer
+
+    _, _, model = tiny_model
+    config = config_from_dict(TINY, source="tiny")
+    worker = ModelWorker(model)
+    worker.start()
+    recognizer = Recognizer(worker, config.SpectConfig, build_decoder(config))
+    made = []
+
+    def make():
+        made.append(WholeSoFarRecogniser(model, config.SpectConfig, recognizer.decoder))
+        return made[-1]
+
+    samples, rate = sf.read(str(speech["digit_a"]), dtype="int16")  # 8 kHz: resampled to 16 kHz
+    partials = []
+
+    async def run():
+        async def sink(text):
+            partials.append(text)
+        session = incremental_factory(recognizer, make)(rate, sink, Limits())
+        for start in range(0, len(samples), 800):
+            await session.feed(pcm_to_float(samples[start:start + 800].astype("<i2").tobytes()))
+        final = await session.finish()
+        await session.close()
+        return final
+
+    try:
+        final = asyncio.run(run())
+    finally:
+        worker.stop()
+        recognizer.close()
+    recogniser = made[0]
+    assert recogniser.threads == {"model-worker"}
+    fed = np.concatenate(recogniser.samples)
+    assert abs(fed.size - 2 * len(samples)) <= 2  # all of it, at 16 kHz
+    assert partials and all(a != b for a, b in zip(partials, partials[1:]))  # changes only
+    assert final.text == recogniser._decode().text
+    assert final.duration == pytest.approx(len(samples) / rate)
+    assert [w["word"] for w in final.words] == final.text.split()
