@@ -440,3 +440,32 @@ def test_a_streaming_recogniser_plugs_into_live_sessions(tiny_model, speech):
     assert final.text == recogniser._decode().text
     assert final.duration == pytest.approx(len(samples) / rate)
     assert [w["word"] for w in final.words] == final.text.split()
+
+
+# ---------------------------------------------------------------- serve.py's own mistakes: one line each
+
+
+def run_serve(*args):
+    return subprocess.run([sys.executable, str(REPO / "serve.py"), *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_line_error(proc, *names):
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(str(n) in last for n in names), last
+
+
+def test_serve_py_mistakes_end_in_one_line(tiny_model, tmp_path):
+    config, checkpoint, _ = tiny_model
+    missing = tmp_path / "nope.ckpt"
+    assert_one_line_error(run_serve("-c", config, "--checkpoint", missing), missing)
+    assert_one_line_error(run_serve("-c", config, "--checkpoint", checkpoint, "--max_seconds", "0"), "--max_seconds")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert_one_line_error(run_serve("-c", config, "--checkpoint", checkpoint, "--port", port),
+                              f"--port {port}", "in use")
+    assert_one_line_error(run_serve("-c", config, "--checkpoint", checkpoint, "--host", "no.such.host.invalid"),
+                          "--host no.such.host.invalid")

@@ -77,11 +77,14 @@ class RedecodingSession(LiveSession):
         self._last_text: Optional[str] = None
         self.partials = 0
 
-    def _signal(self) -> np.ndarray:
-        """Everything received, resampled in one pass to the model's rate (as an upload is)."""
+    def _received(self) -> np.ndarray:
         data = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
         self._chunks = [data]
-        return resample(data, self.sample_rate, self.recognizer.spect.sample_rate)
+        return data
+
+    async def _signal(self, data: np.ndarray) -> np.ndarray:
+        """`data` resampled in one pass to the model's rate (as an upload is), off the event loop."""
+        return await asyncio.to_thread(resample, data, self.sample_rate, self.recognizer.spect.sample_rate)
 
     async def feed(self, samples: np.ndarray) -> None:
         self._count(samples)
@@ -91,9 +94,10 @@ class RedecodingSession(LiveSession):
         if due and (self._task is None or self._task.done()) and self.received > self._decoded:
             self._last_start = now
             self._decoded = self.received
-            self._task = asyncio.create_task(self._partial(self._signal()))
+            self._task = asyncio.create_task(self._partial(self._received()))
 
-    async def _partial(self, signal: np.ndarray) -> None:
+    async def _partial(self, data: np.ndarray) -> None:
+        signal = await self._signal(data)
         if signal.size < self.recognizer.min_samples:
             return
         result = await self.recognizer.transcribe(signal)
@@ -110,7 +114,7 @@ class RedecodingSession(LiveSession):
             except Exception:  # noqa: BLE001  (a partial is best effort; the final pass reports errors)
                 pass
             self._task = None
-        return await self.recognizer.transcribe(self._signal())
+        return await self.recognizer.transcribe(await self._signal(self._received()))
 
     async def _cancel_partial(self) -> None:
         if self._task is not None and not self._task.done():
