@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -268,8 +269,12 @@ def test_upload_errors_are_json_and_the_server_goes_on(server, upload_files, ref
     sf.write(tiny, np.zeros(100, np.int16), 16000, format="WAV", subtype="PCM_16")
     status, body = post(server, tiny.getvalue(), "blip.wav")
     assert status == 400 and "too short" in body["error"]
-    status, body = post(server, b"--x\r\n\r\n", "form", multipart=False)
-    assert status == 400
+    form = b'--b0undary\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--b0undary--\r\n'
+    request = urllib.request.Request(server.base + "/transcribe", data=form, method="POST",
+                                     headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 400 and 'field named "file"' in json.load(refused.value)["error"]
     assert_still_serves(server, upload_files, reference)
 
 
