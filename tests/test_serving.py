@@ -328,7 +328,7 @@ def test_stream_errors_are_named_and_the_server_goes_on(server, upload_files, re
 
 
 @pytest.mark.slow
-def test_a_client_that_vanishes_mid_stream_frees_its_state(server, upload_files, reference):
+def test_clients_that_vanish_mid_stream_or_mid_upload_free_their_state(server, upload_files, reference):
     from websockets.sync.client import connect
 
     samples, rate = sf.read(str(upload_files["wav16k"]), dtype="int16")
@@ -341,12 +341,17 @@ def test_a_client_that_vanishes_mid_stream_frees_its_state(server, upload_files,
             time.sleep(0.01)
         ws.socket.shutdown(socket.SHUT_RDWR)  # gone without a closing handshake
         ws.socket.close()
+    for _ in range(3):  # and uploads cut off halfway
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
+            raw.sendall(b"POST /transcribe?filename=half.wav HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Content-Type: application/octet-stream\r\nContent-Length: 500000\r\n\r\n" + b"\0" * 100_000)
     for _ in range(600):  # the server notices the dead connections (bounded wait, no timing asserted)
         if server.health()["active_streams"] == 0:
             break
         time.sleep(0.1)
     assert server.health()["active_streams"] == 0
     assert_still_serves(server, upload_files, reference)
+    assert "Traceback" not in server.output()  # nothing was taken for a bug
 
 
 @pytest.mark.slow

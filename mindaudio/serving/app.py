@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -82,10 +82,13 @@ async def _upload(request: Request, limit: int):
             form = await Request(request.scope, replay).form(max_files=1, max_fields=10)
         except Exception as err:  # noqa: BLE001  (python-multipart's errors: a malformed form)
             raise BadAudio(f"cannot read the multipart form: {err}") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise BadAudio('a multipart upload must carry the audio in a file field named "file"')
-        return await upload.read(), upload.filename or "upload"
+        try:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise BadAudio('a multipart upload must carry the audio in a file field named "file"')
+            return await upload.read(), upload.filename or "upload"
+        finally:
+            await form.close()
     name = request.query_params.get("filename") or request.headers.get("x-filename") or "upload"
     return body, name
 
@@ -108,6 +111,8 @@ def create_app(service: Service) -> Starlette:
             signal = await asyncio.to_thread(decode_upload, data, name, service.recognizer.spect.sample_rate, limits)
             del data
             result = await service.recognizer.transcribe(signal)
+        except ClientDisconnect:
+            return _error(400, "the client went away before its upload ended")  # nobody reads it
         except RequestTooLarge as err:
             service.counters["errors"] += 1
             return _error(413, str(err))
