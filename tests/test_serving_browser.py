@@ -65,7 +65,7 @@ def browser(recording, tmp_path_factory):
     options.binary_location = CHROMIUM
     for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1000,1000",
+                 "--no-first-run", "--window-size=1000,700",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                  f"--use-file-for-fake-audio-capture={recording}",
