@@ -1,17 +1,19 @@
 """Load benchmark of the transcription server: concurrent clients uploading real speech to serve.py on 127.0.0.1.
 
-    python bench/serve_load.py                 # 8 clients for 60 s, configs/digits.yaml's model
-    python bench/serve_load.py --quick         # 4 clients for 10 s
+    python bench/serve_load.py                 # 8 clients for 60 s (after 30 s unmeasured), digits model
+    python bench/serve_load.py --quick         # 4 clients for 10 s (after 5 s)
     python bench/serve_load.py --max_batch 1   # the same load without batching, to compare
 
 Starts serve.py in a subprocess (a randomly initialised checkpoint of the config's size unless
 --checkpoint is given: the compute is the same as a trained model's), sends each file once to
-compile its shapes, then runs `--clients` threads, each posting the next recording of a fixed mix
+compile its shapes, runs the same load unmeasured for `--warm_seconds` (so that the batch shapes
+compile), then runs `--clients` threads, each posting the next recording of a fixed mix
 (spoken digits from data/digits and LibriSpeech utterances from data/librispeech_mini) as soon as
 its previous answer arrives, for `--seconds`. Every answer must be HTTP 200 with the transcript
 the warm-up gave for that file (any other outcome is counted as an error). Prints requests/s,
 audio seconds per second, p50/p95/max latency, errors, and the server's resident memory after the
-warm-up, at the end and at its peak (sampled every 0.5 s), and the batches the worker ran. Sends
+warm-up, half-way, at the end and at its peak (sampled every 0.5 s), the batches the worker ran,
+and how many graph shapes it had compiled before and after (each new batch shape costs memory once). Sends
 traffic only to 127.0.0.1 and stops by itself.
 """
 from __future__ import annotations
@@ -95,11 +97,15 @@ def main() -> int:
     parser.add_argument("--digits", type=int, default=12, help="spoken digits in the request mix")
     parser.add_argument("--utterances", type=int, default=2, help="LibriSpeech utterances in the request mix")
     parser.add_argument("--max_batch", type=int, default=8, help="serve.py --max_batch")
+    parser.add_argument("--warm_seconds", type=float, default=None,
+                        help="the same load first, unmeasured, so that batch shapes compile (default 30; --quick 5)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
     clients = args.clients or (4 if args.quick else 8)
     duration = args.seconds or (10.0 if args.quick else 60.0)
+    if args.warm_seconds is None:
+        args.warm_seconds = 5.0 if args.quick else 30.0
 
     mix = request_mix(args.digits, args.utterances)
     with tempfile.TemporaryDirectory(prefix="serve-load-") as work:
@@ -120,6 +126,40 @@ def main() -> int:
                 server.kill()
 
 
+def measure(base, mix, expected, clients, duration, start=True):
+    """`clients` threads posting the mix for `duration` seconds (from their start): (latencies,
+    errors, [audio seconds], threads). start=False: the threads are returned unstarted; else they
+    are run to the end here."""
+    latencies, errors, audio = [], [], [0.0]
+    lock = threading.Lock()
+    stop_at = []
+
+    def client(index: int):
+        if not stop_at:
+            stop_at.append(time.monotonic() + duration)
+        i = index
+        while time.monotonic() < stop_at[0]:
+            name, data, seconds = mix[i % len(mix)]
+            i += 1
+            begun = time.perf_counter()
+            status, body = post(base, name, data)
+            elapsed = time.perf_counter() - begun
+            with lock:
+                if status == 200 and body.get("transcript") == expected[name]:
+                    latencies.append(elapsed)
+                    audio[0] += seconds
+                else:
+                    errors.append(f"{name}: {status} {str(body)[:120]}")
+
+    threads = [threading.Thread(target=client, args=(k * 3,)) for k in range(clients)]
+    if start and duration > 0:
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        if errors:
+            sys.exit(f"warm-up load failed: {errors[:3]}")
+    return latencies, errors, audio, threads
+
+
 def run_load(args, base, server, mix, clients, duration, log) -> int:
     for _ in range(1200):
         if server.poll() is not None:
@@ -136,39 +176,23 @@ def run_load(args, base, server, mix, clients, duration, log) -> int:
         if status != 200:
             sys.exit(f"warm-up request {name} failed: {status} {body}")
         expected[name] = body["transcript"]
-    # Warm up the batch shapes too: one burst of concurrent requests, not counted.
-    burst = [threading.Thread(target=post, args=(base, n, d)) for n, d, _ in mix[:clients]]
-    [t.start() for t in burst]
-    [t.join() for t in burst]
+    # Warm up the batch shapes too: the same load, not counted, for --warm_seconds (each new
+    # batch shape is compiled once and keeps its memory; the measured part should see few new ones).
+    measure(base, mix, expected, clients, args.warm_seconds)
     with urllib.request.urlopen(base + "/health", timeout=10) as response:
         before = json.load(response)["worker"]
 
     rss_start = rss_mb(server.pid)
     rss_peak = rss_start
-    latencies, errors, audio = [], [], [0.0]
-    lock = threading.Lock()
-    stop_at = time.monotonic() + duration
-
-    def client(index: int):
-        i = index
-        while time.monotonic() < stop_at:
-            name, data, seconds = mix[i % len(mix)]
-            i += 1
-            start = time.perf_counter()
-            status, body = post(base, name, data)
-            elapsed = time.perf_counter() - start
-            with lock:
-                if status == 200 and body.get("transcript") == expected[name]:
-                    latencies.append(elapsed)
-                    audio[0] += seconds
-                else:
-                    errors.append(f"{name}: {status} {str(body)[:120]}")
-
-    threads = [threading.Thread(target=client, args=(k * 3,)) for k in range(clients)]
+    latencies, errors, audio, threads = measure(base, mix, expected, clients, duration, start=False)
     started = time.perf_counter()
     [t.start() for t in threads]
+
+    rss_mid = None
     while any(t.is_alive() for t in threads):
         rss_peak = max(rss_peak, rss_mb(server.pid))
+        if rss_mid is None and time.perf_counter() - started >= duration / 2:
+            rss_mid = rss_mb(server.pid)
         time.sleep(0.5)
     wall = time.perf_counter() - started
     rss_end = rss_mb(server.pid)
@@ -185,7 +209,9 @@ def run_load(args, base, server, mix, clients, duration, log) -> int:
         "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1),
         "p95_ms": round(float(np.percentile(lat, 95)) * 1000, 1),
         "max_ms": round(float(lat.max()) * 1000, 1),
-        "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1), "rss_peak_mb": round(rss_peak, 1),
+        "rss_start_mb": round(rss_start, 1), "rss_mid_mb": round(rss_mid or rss_end, 1),
+        "rss_end_mb": round(rss_end, 1), "rss_peak_mb": round(rss_peak, 1),
+        "compiled_shapes_start": before["compiled_shapes"], "compiled_shapes_end": after["compiled_shapes"],
         "model_batches": batches, "mean_batch": round(items / batches, 2) if batches else 0.0,
         "max_batch": args.max_batch, "largest_batch": after["largest_batch"],
         "model": f"{health['hidden_layers']} x {health['hidden_size']} LSTM, {health['parameters']} parameters",
@@ -196,12 +222,13 @@ def run_load(args, base, server, mix, clients, duration, log) -> int:
     print(f"serve_load: {result['model']} ({args.config}), request mix {result['mix']}; {result['machine']}")
     print()
     print("| clients | seconds | requests | req/s | audio s/s | p50 ms | p95 ms | max ms | errors "
-          "| RSS start MB | RSS end MB | RSS peak MB | batches | mean batch |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| RSS start / mid / end / peak MB | batches | mean batch | graph shapes start / end |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {clients} | {result['seconds']} | {result['requests']} | {result['requests_per_s']} "
           f"| {result['audio_s_per_s']} | {result['p50_ms']} | {result['p95_ms']} | {result['max_ms']} "
-          f"| {result['errors']} | {result['rss_start_mb']} | {result['rss_end_mb']} | {result['rss_peak_mb']} "
-          f"| {batches} | {result['mean_batch']} |")
+          f"| {result['errors']} | {result['rss_start_mb']} / {result['rss_mid_mb']} / {result['rss_end_mb']} / "
+          f"{result['rss_peak_mb']} | {batches} | {result['mean_batch']} "
+          f"| {before['compiled_shapes']} / {after['compiled_shapes']} |")
     for line in errors[:10]:
         print(f"error: {line}")
     if args.json:
