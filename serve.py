@@ -11,15 +11,14 @@ import socket
 import sys
 from typing import Optional, Sequence
 
-from mindaudio.cli import CommandLineError, parse_command_line, run_cli
-from mindaudio.config import ConfigError, check_files
+from mindaudio.cli import (CommandLineError, add_checkpoint_argument, checkpoint_override, parse_command_line,
+                           require_model_weights, run_cli)
 
 DESCRIPTION = "Transcription server: an upload and live-microphone page, a JSON API and a WebSocket stream."
 
 
 def own_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", default=None,
-                        help="model weights, a path or an http(s) URL (default: Pretrained_model from the config)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     parser.add_argument("--max_upload_mb", type=float, default=20.0,
@@ -60,11 +59,8 @@ def check_port(host: str, port: int) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config, args = parse_command_line(argv, DESCRIPTION, own_arguments, single_process=True,
-                                      derived_overrides=lambda a: {"Pretrained_model": a.checkpoint}
-                                      if a.checkpoint else {})
-    if not config.Pretrained_model:
-        raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
-    check_files(config, ["Pretrained_model", "EvalConfig.lm_path", "EvalConfig.lm_unigrams"])
+                                      derived_overrides=checkpoint_override)
+    require_model_weights(config, "EvalConfig.lm_path", "EvalConfig.lm_unigrams")
     for flag in ("max_upload_mb", "max_seconds", "max_batch", "partial_interval"):
         if getattr(args, flag) <= 0:
             raise CommandLineError(f"--{flag} must be positive, got {getattr(args, flag)}")
