@@ -27,11 +27,15 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
-from mindaudio.config import SpectConfig, UserError
+from mindaudio.checkpoint import load_model_weights
+from mindaudio.config import Config, SpectConfig, UserError
 from mindaudio.data.features import (fft_size, frames_magnitude, hop_size, log_of_magnitude, num_frames,
                                      num_freq_bins, padding_mode)
 from mindaudio.decoding.greedy import greedy_ids
 from mindaudio.decoding.hypothesis import log_softmax, normalise_spaces
+from mindaudio.decoding.select import build_decoder
+from mindaudio.data.text import CharTokenizer
+from mindaudio.models.build import build_model
 from mindaudio.models.deepspeech2 import CONV_GEOMETRY, DeepSpeechModel, conv_output_size
 
 _TIME = 1
@@ -327,3 +331,26 @@ class StreamingRecogniser:
         self._best.extend(int(i) for i in log_probs.argmax(axis=-1))
         self._lookahead_done = last
         self._lstm.drop_before(last)
+
+
+def check_streamable_config(config: Config) -> None:
+    """StreamingError naming the yaml and key when `config` describes a model that cannot stream
+    (checked before any model is built)."""
+    if config.ModelConfig.bidirectional:
+        raise StreamingError(f"{config.source}: ModelConfig.bidirectional is True: the backward LSTMs need the "
+                             f"whole recording before the first output; streaming needs a model trained "
+                             f"with bidirectional: False (e.g. configs/digits_streaming.yaml)")
+    if config.SpectConfig.normalisation != "fixed":
+        raise StreamingError(f"{config.source}: SpectConfig.normalisation is {config.SpectConfig.normalisation!r}: "
+                             f"each recording's own mean and std are known only at its end; streaming "
+                             f"needs normalisation: fixed")
+
+
+def build_streaming_recogniser(config: Config, checkpoint: str, decoder=None) -> StreamingRecogniser:
+    """The unidirectional model of `config` with `checkpoint`'s weights (feature statistics
+    included) and the decoder `config.EvalConfig` asks for (used by `finish()`)."""
+    check_streamable_config(config)
+    model = build_model(config, 1)
+    load_model_weights(model, checkpoint)
+    decoder = decoder if decoder is not None else build_decoder(config)
+    return StreamingRecogniser(model, config.SpectConfig, CharTokenizer.from_config(config).blank_id, decoder)
