@@ -13,10 +13,11 @@ Every stage keeps what it needs between chunks and computes each frame once:
   in time, padding 5: an output waits for 5 future input frames; the first strides by 2);
 - the LSTMs: h and c of every layer;
 - the lookahead: the LSTM outputs of the `lookahead_context` frames it still waits for.
-Stages run in eval mode (BatchNorm with its moving statistics is per frame), through the model's
-own parameters and MindSpore primitives called one by one (no graph compiled per chunk shape), so
-the streamed logits equal the model's offline forward on the whole recording (to float32
-rounding; tests/test_streaming.py checks 1e-5 on real speech for several chunkings).
+Stages run in eval mode (BatchNorm with its moving statistics is per frame), with the model's own
+parameters: convolutions, BatchNorm and the classifier through MindSpore primitives called one by
+one (no graph compiled per chunk shape), the LSTM steps and the lookahead in float32 numpy. The
+streamed logits equal the model's offline forward on the whole recording to float32 rounding
+(tests/test_streaming.py checks 1e-5 on real speech for several chunkings).
 """
 from __future__ import annotations
 
@@ -72,6 +73,10 @@ def algorithmic_latency_seconds(model: DeepSpeechModel, spect: SpectConfig) -> f
     beyond its centre. A chunk's own length adds to it (its first sample waits for its last)."""
     samples = lookahead_frames(model) * hop_size(spect) + fft_size(spect) // 2
     return samples / spect.sample_rate
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 class _TimeBuffer:
@@ -148,17 +153,16 @@ class StreamingRecogniser:
             primitive = ops.Conv2D(out_channel=geometry.out_channels, kernel_size=geometry.kernel, mode=1,
                                    pad_mode="pad", pad=(pad_f, pad_f, 0, 0), stride=geometry.stride)
             self.convs.append((geometry, primitive, conv.weight, bn))
+        # Per layer: W_ih^T (D, 4H), W_hh^T (H, 4H), b_ih + b_hh (4H,), float32, gates in
+        # nn.LSTM's order (input, forget, cell, output). The steps run in numpy: MindSpore's fused
+        # LSTM kernel costs ~80-300 ms per call on this CPU whatever the number of steps (it
+        # re-packs the weights), far more than a chunk's few steps.
         self.lstm_layers = []
-        is_gpu = ms.get_context("device_target") == "GPU"
         for layer in model.RNN.lstms:
-            w_ih, w_hh = layer.w_ih_list[0], layer.w_hh_list[0]
-            b_ih, b_hh = layer.b_ih_list[0], layer.b_hh_list[0]
-            # The flat weight layout nn.LSTM's CPU/GPU kernel builds (mindspore.nn.layer.rnns).
-            parts = [w_ih.view(-1, 1, 1), w_hh.view(-1, 1, 1)]
-            parts += [b_ih.view(-1, 1, 1), b_hh.view(-1, 1, 1)] if is_gpu else [(b_ih + b_hh).view(-1, 1, 1)]
-            weights = ops.concat(parts)
-            primitive = ops.LSTM(w_ih.shape[1], layer.hidden_size, 1, True, False, 0.0)
-            self.lstm_layers.append((primitive, weights, layer.hidden_size))
+            w_ih, w_hh = layer.w_ih_list[0].asnumpy(), layer.w_hh_list[0].asnumpy()
+            bias = (layer.b_ih_list[0] + layer.b_hh_list[0]).asnumpy()
+            self.lstm_layers.append((np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), bias,
+                                     layer.hidden_size))
         self.lookahead_weight = model.lookahead.weight.asnumpy()
         self.context = model.lookahead_context
         self.fc = model.fc.module
@@ -173,8 +177,7 @@ class StreamingRecogniser:
         self._conv_outputs = []
         self._lstm = _TimeBuffer((self.model.hidden_size,))
         self._lookahead_done = 0
-        self._state = [(ms.Tensor(np.zeros((1, 1, h), np.float32)), ms.Tensor(np.zeros((1, 1, h), np.float32)))
-                       for _, _, h in self.lstm_layers]
+        self._state = [(np.zeros(h, np.float32), np.zeros(h, np.float32)) for *_, h in self.lstm_layers]
         self._log_probs: List[np.ndarray] = []
         self._best: List[int] = []
         self.finished = False
@@ -304,14 +307,22 @@ class StreamingRecogniser:
         if conv_out.end == conv_out.start:
             return
         channels, freq, steps = conv_out.data.shape
-        x = conv_out.data.reshape(channels * freq, steps).T[:, None, :]  # (T, 1, 32 * F'')
+        x = np.ascontiguousarray(conv_out.data.reshape(channels * freq, steps).T)  # (T, 32 * F'')
         conv_out.drop_before(conv_out.end)
-        x = ms.Tensor(np.ascontiguousarray(x))
-        for index, (primitive, weights, _) in enumerate(self.lstm_layers):
+        for index, (w_ih_t, w_hh_t, bias, hidden) in enumerate(self.lstm_layers):
             h, c = self._state[index]
-            x, h_n, c_n, _, _ = primitive(x, h, c, weights)
-            self._state[index] = (h_n, c_n)
-        self._lstm.append(x.asnumpy()[:, 0, :].T)
+            gates_in = x @ w_ih_t + bias  # every step's input projection at once
+            out = np.empty((steps, hidden), np.float32)
+            for step in range(steps):
+                gates = gates_in[step] + h @ w_hh_t
+                i, f, g, o = _sigmoid(gates[:hidden]), _sigmoid(gates[hidden:2 * hidden]), \
+                    np.tanh(gates[2 * hidden:3 * hidden]), _sigmoid(gates[3 * hidden:])
+                c = f * c + i * g
+                h = o * np.tanh(c)
+                out[step] = h
+            self._state[index] = (h, c)
+            x = out
+        self._lstm.append(x.T)
 
     def _lookahead_stage(self, total: Optional[int]) -> None:
         first = self._lookahead_done
