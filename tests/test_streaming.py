@@ -35,6 +35,8 @@ def _streaming_model(spect, signals, seed=0, context=CONTEXT):
     model = DeepSpeechModel(1, DEFAULT_LABELS, HIDDEN, LAYERS, spect, bidirectional=False,
                             lookahead_context=context, fixed_normalisation=True, rng=rng)
     model.set_feature_statistics(*signal_statistics(signals, spect))
+    weight = model.lookahead.weight
+    weight.set_data(ms.Tensor(rng.uniform(-0.5, 0.5, weight.shape).astype(np.float32)))
     for bn in (model.conv.bn1, model.conv.bn2):
         bn.moving_mean.set_data(ms.Tensor(rng.normal(0, 0.3, bn.moving_mean.shape).astype(np.float32)))
         bn.moving_variance.set_data(ms.Tensor(rng.uniform(0.5, 2.0, bn.moving_variance.shape).astype(np.float32)))
@@ -86,7 +88,10 @@ def speech(librispeech_mini):
 def test_lookahead_matches_numpy_row_convolution(execution_mode):
     rng = np.random.default_rng(1)
     steps, batch, features, context = 13, 3, 7, 4
-    layer = Lookahead(features, context, rng=rng)
+    layer = Lookahead(features, context)
+    assert np.array_equal(layer(ms.Tensor(np.ones((3, 1, features), np.float32))).asnumpy(),
+                          np.ones((3, 1, features)))  # starts as the identity
+    layer.weight.set_data(ms.Tensor(rng.standard_normal((context + 1, features)).astype(np.float32)))
     x = rng.standard_normal((steps, batch, features)).astype(np.float32)
     lengths = [13, 9, 2]
     for b, length in enumerate(lengths):
