@@ -84,7 +84,12 @@ def test_stream_prints_changing_partials_and_the_offline_final(recording, tmp_pa
     assert final["transcript"] == offline
 
     # The plain form: one tab-separated line per partial, then the final one.
-    plain = _run("-c", CONFIG, *_overrides(), "--checkpoint", checkpoint, "--stream", recording)
-    assert plain.returncode == 0, plain.stderr[-3000:]
+    # A file that cannot be read is named on stderr; the others are still streamed; exit 1.
+    missing = tmp_path / "absent.wav"
+    plain = _run("-c", CONFIG, *_overrides(), "--checkpoint", checkpoint, "--stream", missing, recording)
+    assert plain.returncode == 1, plain.stderr[-3000:]
+    assert "Traceback" not in plain.stderr
+    errors = [line for line in plain.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(missing) in errors[0]
     lines = [line.split("\t") for line in plain.stdout.splitlines()]
     assert lines[-1][:2] == [str(recording), "final"] and lines[-1][3] == offline
