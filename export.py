@@ -9,14 +9,15 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from mindaudio.cli import check_writable_dir, parse_command_line, run_cli
-from mindaudio.config import ConfigError, check_files
+from mindaudio.cli import (add_checkpoint_argument, checkpoint_override, parse_command_line,
+                           require_model_weights, run_cli)
+from mindaudio.config import check_writable_dir
 
 DESCRIPTION = "Export DeepSpeech2 to MindIR and ONNX and check the exports against the checkpoint."
 
 
 def own_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", default=None, help="model weights (default: Pretrained_model)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--output", default="export/deepspeech2", help="output path stem (default: %(default)s)")
     parser.add_argument("--formats", nargs="+", default=["MINDIR", "ONNX"], choices=["MINDIR", "ONNX"],
                         type=str.upper)
@@ -28,12 +29,9 @@ def own_arguments(parser) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config, args = parse_command_line(argv, DESCRIPTION, own_arguments, single_process=True,
-                                      derived_overrides=lambda a: {"Pretrained_model": a.checkpoint}
-                                      if a.checkpoint else {})
-    if not config.Pretrained_model:
-        raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
-    check_files(config, ["Pretrained_model"])
-    check_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output", config)
+                                      derived_overrides=checkpoint_override)
+    require_model_weights(config)
+    check_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
     from mindaudio.export import DEFAULT_TOLERANCE, ExportError, export_model
     from mindaudio.runtime.device import setup_runtime
 

@@ -2,14 +2,15 @@
 
 Data parallel: mpirun -n 8 python train.py -c deepspeech2.yaml (or msrun --worker_num=8 ...).
 """
-from mindaudio.cli import check_writable_dir, parse_command_line, run_cli
+from mindaudio.cli import parse_command_line, run_cli
+from mindaudio.config import check_writable_dir
 
 DESCRIPTION = "Train DeepSpeech2 with CTC on a manifest of utterances."
 
 
 def main(argv=None) -> int:
     config, _ = parse_command_line(argv, DESCRIPTION)
-    check_writable_dir(config.CheckpointConfig.ckpt_path, "CheckpointConfig.ckpt_path", config)
+    check_writable_dir(config.CheckpointConfig.ckpt_path, f"{config.source}: CheckpointConfig.ckpt_path")
     from mindaudio.training.trainer import train
     result = train(config)
     if not result.is_main:

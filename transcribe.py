@@ -19,15 +19,14 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from mindaudio.cli import CommandLineError, parse_command_line, run_cli
-from mindaudio.config import ConfigError, check_files
+from mindaudio.cli import (CommandLineError, add_checkpoint_argument, checkpoint_override, parse_command_line,
+                           require_model_weights, run_cli)
 
 DESCRIPTION = "Transcribe audio files with DeepSpeech2 (greedy or beam search with an n-gram LM)."
 
 
 def own_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", default=None,
-                        help="model weights (default: Pretrained_model from the config)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per file, with word timings")
     parser.add_argument("--chunk_seconds", type=float, default=20.0,
                         help="longer recordings are cut into chunks of this length (default: %(default)s)")
@@ -47,14 +46,11 @@ def own_arguments(parser) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config, args = parse_command_line(argv, DESCRIPTION, own_arguments, single_process=True,
-                                      derived_overrides=lambda a: {"Pretrained_model": a.checkpoint}
-                                      if a.checkpoint else {})
+                                      derived_overrides=checkpoint_override)
     if args.stream:  # a model that cannot stream is named before its files are looked for
         from mindaudio.streaming import check_streamable_config
         check_streamable_config(config)
-    if not config.Pretrained_model:
-        raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
-    check_files(config, ["Pretrained_model", "EvalConfig.lm_path", "EvalConfig.lm_unigrams"])
+    require_model_weights(config, "EvalConfig.lm_path", "EvalConfig.lm_unigrams")
     from mindaudio.inference import ChunkGeometry, Failure, build_transcriber, transcribe_files
     from mindaudio.runtime.device import setup_runtime
 

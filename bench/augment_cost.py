@@ -6,7 +6,7 @@ in one thread, and reports CPU milliseconds per second of audio: compare with a 
 seconds per second of audio (the `audio_seconds_per_second` of train_log.jsonl) to see whether the
 `num_workers` feature threads keep up.
 
-    python bench/augment_cost.py --audio ../shared/data/librispeech_mini --noise_dir NOISE [--repeats 3]
+    python bench/augment_cost.py --audio data/librispeech_mini --noise_dir NOISE [--repeats 3]
 """
 import argparse
 import os

@@ -8,6 +8,7 @@ timed runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import resource
 import tempfile
 import time
@@ -28,10 +29,9 @@ from mindaudio.data.dataset import (Batch, PaddedBatchSource, build_dataset, dur
 from mindaudio.data.features import hop_size, log_spectrogram
 from mindaudio.models.deepspeech2 import output_length
 from mindaudio.data.text import CharTokenizer
-from mindaudio.decoding.greedy import greedy_decode
+from mindaudio.decoding.greedy import GreedyDecoder
 from mindaudio.models.build import build_model
-from mindaudio.models.loss import NetWithCTCLoss
-from mindaudio.training.train_step import AccumulateGradients, ApplyGradients, make_accumulators
+from mindaudio.training.train_step import build_update
 
 from bench import workloads
 from bench.flops import forward_flops_per_second, train_flops_per_second
@@ -75,21 +75,23 @@ def _timed(fn):
 
 
 def _training_step(model: nn.Cell, optim, weight_decay: bool = True):
-    """A training step's cells for `model`, as the trainer builds them on one process: CTC
-    gradients accumulated into buffers, then a clipped Adam update.
+    """The training update of `model` exactly as the trainer builds it on one process
+    (`build_update`): CTC gradients accumulated into buffers, then a clipped Adam update.
 
     optim: an `OptimConfig`. weight_decay=False runs Adam without weight decay (`batch_scaling`
-    has always been timed so; kept so its results stay comparable). Returns (accumulate, apply,
-    one): `accumulate(features, lengths, labels, label_lengths)` adds one batch's gradients,
-    `apply(one)` updates from that one batch; `one` is the float32 scalar 1.0.
+    has always been timed so; kept so its results stay comparable). Returns (update, step):
+    `step(features, lengths, labels, label_lengths)` runs one whole update from that one batch
+    and waits for it; `update.accumulate` / `update.apply` are the cells to compile.
     """
-    weights = ParameterTuple(model.trainable_params())
-    accumulators = make_accumulators(weights)
-    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale)
-    adam = nn.Adam(weights, learning_rate=optim.learning_rate, eps=optim.epsilon,
-                   weight_decay=optim.weight_decay if weight_decay else 0.0)
-    apply = ApplyGradients(adam, accumulators, optim.loss_scale, optim.max_grad_norm)
-    return accumulate, apply, Tensor(1.0, ms.float32)
+    if not weight_decay:
+        optim = dataclasses.replace(optim, weight_decay=0.0)
+    update = build_update(model, optim)
+
+    def step(*data):
+        update.add_micro_batch(*data)
+        update.finish()
+
+    return update, step
 
 
 def _shape_timings(batches_data, run_step, compile_step, repeats: int) -> Dict:
@@ -165,19 +167,17 @@ def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, 
     bench.summary.summarize_throughput."""
     config = make_config(hidden, layers, baseline)
     spect, train = config.SpectConfig, config.TrainingConfig
-    tokenizer = CharTokenizer(config.labels)
+    tokenizer = CharTokenizer.from_config(config)
     seconds_per_frame = hop_size(spect) / spect.sample_rate
     cap = train.fixed_frames * seconds_per_frame if train.fixed_frames else float("inf")
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     ms.set_seed(train.seed)
-    model = build_model(config, batch_size, seed=train.seed)
-    accumulate, apply, one = _training_step(model, config.OptimConfig)
-    accumulate.set_train(True)
-    optimizer_compile = _timed(lambda: apply.compile(one))
+    model = build_model(config, seed=train.seed)
+    update, train_step = _training_step(model, config.OptimConfig)
+    optimizer_compile = _timed(lambda: update.apply.compile(Tensor(1.0, ms.float32)))
 
     def step(data):
-        accumulate(*data)
-        apply(one).asnumpy()
+        train_step(*data)
 
     with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
         manifest = workloads.write_length_mix(Path(tmp), "train-clean-5", max_utterances)
@@ -188,7 +188,7 @@ def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, 
         if pick >= 0:
             chosen = chosen[pick:pick + 1]
         records = _sample_records(split, spect, chosen, tokenizer.blank_id, cap, step,
-                                  lambda data: accumulate.compile(*data),
+                                  lambda data: update.accumulate.compile(*data),
                                   lambda arr: tuple(Tensor(a) for a in arr[:4]), repeats)
     result = _plan_stats(split, plan, cap, seconds_per_frame)
     result.update(batch_size=batch_size, samples=records, optimizer_compile_s=optimizer_compile,
@@ -203,17 +203,18 @@ def eval_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, s
     mix's evaluation plan; as `train_throughput`."""
     config = make_config(hidden, layers, baseline)
     spect = config.SpectConfig
-    tokenizer = CharTokenizer(config.labels)
+    tokenizer = CharTokenizer.from_config(config)
     seconds_per_frame = hop_size(spect) / spect.sample_rate
     frames = config.EvalConfig.fixed_frames
     cap = frames * seconds_per_frame if frames else float("inf")
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    model = build_model(config, batch_size, seed=1)
+    model = build_model(config, seed=1)
     model.set_train(False)
+    decoder = GreedyDecoder(config.labels, tokenizer.blank_id)
 
     def forward(data):
         logits, lengths = model(*data)
-        greedy_decode(logits.asnumpy(), lengths.asnumpy(), config.labels, tokenizer.blank_id)
+        decoder.decode_batch(logits.asnumpy(), lengths.asnumpy())
 
     with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
         manifest = workloads.write_length_mix(Path(tmp), "test-clean", max_utterances)
@@ -238,12 +239,13 @@ def transcription_rtf(hidden: int, layers: int, baseline: bool, utterances: int,
     bucket, or 3500 frames for the baseline), model, greedy decode. Compile excluded."""
     config = make_config(hidden, layers, baseline)
     spect = config.SpectConfig
-    tokenizer = CharTokenizer(config.labels)
+    tokenizer = CharTokenizer.from_config(config)
     paths = sorted((workloads.LIBRISPEECH_MINI / "test-clean").rglob("*.flac"))[:utterances]
     edges = list(config.TrainingConfig.bucket_boundaries) + [config.TrainingConfig.max_duration]
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    model = build_model(config, 1, seed=1)
+    model = build_model(config, seed=1)
     model.set_train(False)
+    decoder = GreedyDecoder(config.labels, tokenizer.blank_id)
 
     def transcribe(path, compile_only: bool = False) -> float:
         signal = load_audio(path, spect.sample_rate)
@@ -262,7 +264,7 @@ def transcription_rtf(hidden: int, layers: int, baseline: bool, utterances: int,
             model.compile(*inputs)
             return seconds
         logits, lengths = model(*inputs)
-        greedy_decode(logits.asnumpy(), lengths.asnumpy(), config.labels, tokenizer.blank_id)
+        decoder.decode_batch(logits.asnumpy(), lengths.asnumpy())
         return seconds
 
     audio, wall, compile_s = 0.0, 0.0, []
@@ -279,13 +281,13 @@ def transcription_rtf(hidden: int, layers: int, baseline: bool, utterances: int,
 
 def librosa_log_spectrogram(signal: np.ndarray, spect) -> np.ndarray:
     """The original-compat features computed with librosa: periodic Hann STFT, centred with
-    reflection padding, log1p magnitude, one mean/std over the spectrogram."""
+    zero padding (as the original's stft), log1p magnitude, one mean/std over the spectrogram."""
     import librosa
 
     n_fft = int(spect.sample_rate * spect.window_size)
     hop = int(spect.sample_rate * spect.window_stride)
     magnitude = np.abs(librosa.stft(signal, n_fft=n_fft, hop_length=hop, win_length=n_fft,
-                                    window="hann", center=True, pad_mode="reflect"))
+                                    window="hann", center=True, pad_mode="constant"))
     log_magnitude = np.log1p(magnitude)
     return (log_magnitude - log_magnitude.mean()) / log_magnitude.std()
 
@@ -354,7 +356,7 @@ def digits_compile_share(strata_repeats: int, hidden: int = 0, layers: int = 0) 
         config.ModelConfig.hidden_size, config.ModelConfig.hidden_layers = hidden, layers
     spect, train = config.SpectConfig, config.TrainingConfig
     batch_size, eval_batch_size = train.batch_size, config.EvalConfig.batch_size
-    tokenizer = CharTokenizer(config.labels)
+    tokenizer = CharTokenizer.from_config(config)
     with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
         manifests = {split.split: split.manifest for split in prepare_digits(Path(tmp), verbose=False).splits}
         train_split = load_split(manifests["train"], tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
@@ -382,22 +384,20 @@ def digits_compile_share(strata_repeats: int, hidden: int = 0, layers: int = 0) 
     data_wall = time.perf_counter() - data_start
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    model = build_model(config, batch_size, seed=1)
-    accumulate, apply, one = _training_step(model, config.OptimConfig)
+    model = build_model(config, seed=1)
+    update, train_step = _training_step(model, config.OptimConfig)
 
     def step(data):
-        accumulate(*data)
-        apply(one).asnumpy()
+        train_step(*data)
 
     def compile_step(data):
-        accumulate.compile(*data)
+        update.accumulate.compile(*data)
 
     def forward(data):
         logits, _ = model(*data)
         logits.asnumpy()
 
-    accumulate.set_train(True)
-    compile_optimizer = _timed(lambda: apply.compile(one))
+    compile_optimizer = _timed(lambda: update.apply.compile(Tensor(1.0, ms.float32)))
     train_timing = _shape_timings([tuple(Tensor(a) for a in arr[:4]) for arr in train_arrays], step,
                                   compile_step, strata_repeats)
     model.set_train(False)
@@ -473,7 +473,7 @@ def step_profile(hidden: int, layers: int, batch_size: int, frames: int, repeats
     spect = config.SpectConfig
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     rng = np.random.default_rng(0)
-    model = build_model(config, batch_size, seed=1)
+    model = build_model(config, seed=1)
     model.set_train(True)
     freq = spect.sample_rate * spect.window_size // 2 + 1
     out_frames = int(output_length(frames))
@@ -515,10 +515,10 @@ def step_profile(hidden: int, layers: int, batch_size: int, frames: int, repeats
         result[f"{name}_forward_s"] = steady(lambda: net(*inputs).asnumpy())
         result[f"{name}_fwd_bwd_s"] = steady(run_backward)
 
-    accumulate, apply, one = _training_step(model, config.OptimConfig)
-    result["optimizer_s"] = steady(lambda: apply(one).asnumpy())
-    result["step_s"] = steady(lambda: (accumulate(x, t_len, labels, label_lengths)[0].asnumpy(),
-                                       apply(one).asnumpy()))
+    update, train_step = _training_step(model, config.OptimConfig)
+    one = Tensor(1.0, ms.float32)
+    result["optimizer_s"] = steady(lambda: update.apply(one).asnumpy())
+    result["step_s"] = steady(lambda: train_step(x, t_len, labels, label_lengths))
     result["parameters"] = int(sum(np.prod(p.shape) for p in model.trainable_params()))
 
     # Data: one batch of real speech of this many frames, built as training builds it.
@@ -538,9 +538,8 @@ def batch_scaling(hidden: int, layers: int, frames: int, batch_sizes: Sequence[i
     config = make_config(hidden, layers, baseline=False)
     spect = config.SpectConfig
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    model = build_model(config, max(batch_sizes), seed=1)
-    accumulate, apply, one = _training_step(model, config.OptimConfig, weight_decay=False)
-    accumulate.set_train(True)
+    model = build_model(config, seed=1)
+    update, train_step = _training_step(model, config.OptimConfig, weight_decay=False)
     rng = np.random.default_rng(0)
     freq = int(spect.sample_rate * spect.window_size) // 2 + 1
     seconds = frames * hop_size(spect) / spect.sample_rate
@@ -552,11 +551,10 @@ def batch_scaling(hidden: int, layers: int, frames: int, batch_sizes: Sequence[i
                   Tensor(np.full(batch, frames, np.int32)),
                   Tensor(rng.integers(0, len(config.labels) - 1, (batch, label_len)).astype(np.int32)),
                   Tensor(np.full(batch, label_len, np.int32)))
-        accumulate.compile(*inputs)
+        update.accumulate.compile(*inputs)
 
         def step():
-            accumulate(*inputs)
-            apply(one).asnumpy()
+            train_step(*inputs)
 
         step()
         step_s = float(np.median([_timed(step) for _ in range(repeats)]))

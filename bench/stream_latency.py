@@ -58,7 +58,7 @@ def measure(name: str, hidden: int, layers: int, chunk_ms: float, signal: np.nda
     config = config_from_dict({"ModelConfig": {"hidden_size": hidden, "hidden_layers": layers,
                                                "bidirectional": False, "lookahead_context": lookahead},
                                "SpectConfig": {"normalisation": "fixed"}}, source="bench")
-    model = build_model(config, 1, seed=0, feature_statistics=signal_statistics([signal], config.SpectConfig))
+    model = build_model(config, seed=0, feature_statistics=signal_statistics([signal], config.SpectConfig))
     recogniser = StreamingRecogniser(model, config.SpectConfig)
     chunk = int(round(chunk_ms / 1000 * config.SpectConfig.sample_rate))
     pieces = [signal[i:i + chunk] for i in range(0, signal.size, chunk)]

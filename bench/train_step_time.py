@@ -16,35 +16,30 @@ import numpy as np  # noqa: E402
 
 import mindaudio  # noqa: E402,F401  (before mindspore)
 import mindspore as ms  # noqa: E402
-from mindspore import ParameterTuple, Tensor, nn  # noqa: E402
+from mindspore import Tensor  # noqa: E402
 
-from mindaudio.config import DEFAULT_LABELS, SpectConfig  # noqa: E402
+from mindaudio.config import DEFAULT_LABELS, OptimConfig, SpectConfig  # noqa: E402
 from mindaudio.data.features import num_freq_bins  # noqa: E402
 from mindaudio.models.deepspeech2 import DeepSpeechModel  # noqa: E402
-from mindaudio.models.loss import NetWithCTCLoss  # noqa: E402
-from mindaudio.training.train_step import AccumulateGradients, ApplyGradients, make_accumulators  # noqa: E402
+from mindaudio.training.train_step import build_update  # noqa: E402
 
 
 def time_steps(hidden: int, layers: int, batch: int, frames: int, steps: int, masked: bool):
-    """(compile+first step seconds, median steady step seconds)."""
+    """(compile+first step seconds, median steady step seconds); the update is the trainer's
+    (`build_update` with the default `OptimConfig`)."""
     spect = SpectConfig()
     rng = np.random.default_rng(0)
-    model = DeepSpeechModel(batch, DEFAULT_LABELS, hidden, layers, spect, masked=masked, rng=rng)
-    weights = ParameterTuple(model.trainable_params())
-    accumulators = make_accumulators(weights)
-    accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, 1.0)
-    apply = ApplyGradients(nn.Adam(weights, learning_rate=1e-4), accumulators, 1.0, 400.0)
-    accumulate.set_train(True)
+    model = DeepSpeechModel(None, DEFAULT_LABELS, hidden, layers, spect, masked=masked, rng=rng)
+    update = build_update(model, OptimConfig())
     features = Tensor(rng.normal(size=(batch, 1, num_freq_bins(spect), frames)).astype(np.float32))
     lengths = Tensor(np.full(batch, frames, np.int32))
     label_len = frames // 8
     labels = Tensor(rng.integers(0, len(DEFAULT_LABELS) - 1, size=(batch, label_len)).astype(np.int32))
     label_lengths = Tensor(np.full(batch, label_len, np.int32))
-    one = Tensor(1.0, ms.float32)
 
     def step():
-        loss, _ = accumulate(features, lengths, labels, label_lengths)
-        apply(one).asnumpy()
+        loss, _ = update.add_micro_batch(features, lengths, labels, label_lengths)
+        update.finish()
         return loss
 
     start = time.perf_counter()

@@ -43,7 +43,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk_seconds", type=float, default=20.0)
     parser.add_argument("--long_utterances", type=int, default=8, help="utterances joined into the long file")
-    parser.add_argument("--shared_dir", default=str(REPO.parent / "shared"))
+    parser.add_argument("--librispeech", default=str(REPO / "data" / "librispeech_mini" / "LibriSpeech"),
+                        help="an extracted LibriSpeech/ tree")
     args = parser.parse_args()
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
@@ -51,10 +52,10 @@ def main() -> int:
         "ModelConfig": {"hidden_size": args.hidden, "hidden_layers": args.layers},
         "EvalConfig": {"decoder_type": args.decoder, "beam_width": args.beam_width, "lm_path": args.lm}},
         source="bench")
-    model = build_model(config, 1, seed=0)
+    model = build_model(config, seed=0)
     transcriber = Transcriber(AcousticModel(model), config.SpectConfig, build_decoder(config),
                               chunk_seconds=args.chunk_seconds)
-    utterances = extracted_utterances(Path(args.shared_dir) / "data" / "librispeech_mini" / "LibriSpeech")
+    utterances = extracted_utterances(Path(args.librispeech))
     by_id = {u.id: u for u in utterances}
     with tempfile.TemporaryDirectory() as tmp:
         long_path = os.path.join(tmp, "long.flac")

@@ -1,9 +1,9 @@
 """Benchmark corpora: LibriSpeech length mixes made of real speech.
 
-The length listings of `../shared/reference/librispeech_lengths` give every utterance's duration
+The length listings of `data/reference/librispeech_lengths` give every utterance's duration
 (train-clean-5 for training, test-clean for evaluation). A manifest lists one audio file per
 listed utterance; the files start empty and `materialize` writes real speech into the ones a
-benchmark actually reads: the 14 LibriSpeech recordings of `../shared/data` joined into one
+benchmark actually reads: the 14 LibriSpeech recordings of `data/librispeech_mini` joined into one
 signal, cut (or looped) to exactly the listed duration, as 16 kHz 16-bit WAV like the preparer's.
 Manifests and batching then go through the project's own `load_split` and samplers.
 """
@@ -22,9 +22,9 @@ from mindaudio.data.audio import load_audio
 from mindaudio.data.manifest import Utterance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("DS2_SHARED_DIR", REPO_ROOT.parent / "shared"))
-LENGTHS_DIR = SHARED_DIR / "reference" / "librispeech_lengths"
-LIBRISPEECH_MINI = SHARED_DIR / "data" / "librispeech_mini" / "LibriSpeech"
+DATA_DIR = REPO_ROOT / "data"
+LENGTHS_DIR = DATA_DIR / "reference" / "librispeech_lengths"
+LIBRISPEECH_MINI = DATA_DIR / "librispeech_mini" / "LibriSpeech"
 SAMPLE_RATE = 16000
 
 
@@ -56,7 +56,7 @@ def transcripts_of_length(chars: Sequence[int]) -> List[str]:
 
 
 def speech_signal() -> np.ndarray:
-    """All recordings of the shared LibriSpeech sample joined: float32 (samples,) at 16 kHz."""
+    """All recordings of the bundled LibriSpeech sample joined: float32 (samples,) at 16 kHz."""
     paths = sorted(LIBRISPEECH_MINI.rglob("*.flac"))
     if not paths:
         raise FileNotFoundError(f"no LibriSpeech recordings under {LIBRISPEECH_MINI}")

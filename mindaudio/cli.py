@@ -27,11 +27,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 os.environ.setdefault("GLOG_v", "3")
 
 import mindaudio  # noqa: E402,F401  (must precede mindspore: sets ONEDNN_MAX_CPU_ISA)
-from mindaudio.config import Config, ConfigError, UserError, load_config  # noqa: E402
+from mindaudio.config import Config, ConfigError, check_files, load_config  # noqa: E402
+from mindaudio.errors import EXIT_USER_ERROR, UserError, run_cli  # noqa: E402,F401  (run_cli: the entry points' wrapper)
 
 DEFAULT_CONFIG = "deepspeech2.yaml"
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 # The original's flags and the keys they set (argparse destination -> "Section.key").
 ORIGINAL_FLAGS = {
@@ -165,61 +164,22 @@ def check_config(config: Config, runs_model: bool = True) -> None:
         choose_device(config.runtime.device_target)
 
 
-def check_writable_dir(directory: str, key: str, config: Config) -> None:
-    """ConfigError naming `key` (a config key, or a flag like '--output') unless `directory` exists
-    or can be created, and a file can be written and removed in it. Run before any work, so a run
-    never fails at its first write (nor an evaluation after it has finished)."""
-    where = key if key.startswith("--") else f"{config.source}: {key}"
-    path = directory or "."
-    try:
-        os.makedirs(path, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"{where}: {path} exists and is not a directory") from None
-    except OSError as err:
-        raise ConfigError(f"{where}: cannot create the directory {path}: {err.strerror}") from None
-    if not os.path.isdir(path):
-        raise ConfigError(f"{where}: {path} is not a directory")
-    probe = os.path.join(path, f".write-test-{os.getpid()}")
-    try:
-        with open(probe, "wb") as handle:
-            handle.write(b"x")
-        os.remove(probe)
-    except OSError as err:
-        raise ConfigError(f"{where}: cannot write in {path}: {err.strerror}") from None
 
 
-def one_line(message: str) -> str:
-    """`message` on one line (yaml's and MindSpore's messages span several)."""
-    return " | ".join(line.strip() for line in str(message).splitlines() if line.strip()) or "(no message)"
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """`--checkpoint`, for entry points that run a trained model (it sets `Pretrained_model`)."""
+    parser.add_argument("--checkpoint", default=None,
+                        help="model weights: a file or an http(s) URL (default: Pretrained_model from the config)")
 
 
-# Project errors whose classes did not derive from UserError yet when this was written (their
-# modules' owners are rebasing them). Treated as user errors meanwhile; delete this set, and the
-# test in `_is_user_error`, once every one of them subclasses UserError.
-_NOT_YET_USER_ERRORS = frozenset({"CheckpointError", "NgramError", "ManifestError", "DatasetError", "AudioError",
-                                  "AugmentError", "SamplerError", "LaunchError"})
+def checkpoint_override(args: argparse.Namespace) -> Dict[str, Any]:
+    """The config key `--checkpoint` sets: pass as `derived_overrides` to `parse_command_line`."""
+    return {"Pretrained_model": args.checkpoint} if args.checkpoint else {}
 
 
-def _is_user_error(err: BaseException) -> bool:
-    if isinstance(err, UserError):
-        return True
-    return type(err).__module__.startswith("mindaudio.") and any(
-        cls.__name__ in _NOT_YET_USER_ERRORS for cls in type(err).__mro__)
-
-
-def run_cli(main: Callable[[], Optional[int]]) -> None:
-    """Run an entry point's `main` and exit with its status; a `UserError` becomes `error: <message>`
-    on stderr and status 2, Ctrl-C one line and status 130. Other exceptions are bugs: they propagate."""
-    try:
-        status = main()
-    except Exception as err:  # noqa: BLE001  (re-raised below unless it is a user error)
-        if not _is_user_error(err):
-            raise
-        sys.stdout.flush()
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        status = EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        sys.stdout.flush()
-        print("error: interrupted", file=sys.stderr)
-        status = EXIT_INTERRUPTED
-    sys.exit(status or 0)
+def require_model_weights(config: Config, *other_files: str) -> None:
+    """ConfigError unless `Pretrained_model` (from `--checkpoint` or the yaml) names existing weights;
+    `other_files`: further config keys naming input files to check at the same time."""
+    if not config.Pretrained_model:
+        raise ConfigError(f"{config.source}: no model weights: give --checkpoint or set Pretrained_model")
+    check_files(config, ["Pretrained_model", *other_files])

@@ -20,14 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-
-class UserError(Exception):
-    """A problem the user can fix (a bad file, key, path or value), not a bug in this code.
-
-    The project's user-facing errors derive from it; the command-line entry points print its
-    message as one line and exit non-zero instead of showing a traceback. The message names the
-    file, key or line at fault.
-    """
+from mindaudio.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -137,7 +130,8 @@ class OptimConfig:
     weight_decay: float = 1e-5
     # Kept from the original's yaml; Adam has no momentum term.
     momentum: float = 0.9
-    # Kept from the original's yaml; Adam's epsilon is `epsilon` (what the published run used).
+    # Kept from the original's yaml, unused: Adam's epsilon is `epsilon` (the original's value, which acted on
+    # gradients loss_scale times smaller there: see divide_by_loss_scale_twice).
     eps: float = 1e-9
     betas: Tuple[float, float] = (0.9, 0.999)
     # Static loss scale: needed for fp16 on Ascend, exact no-op in fp32.
@@ -145,8 +139,8 @@ class OptimConfig:
     epsilon: float = 1e-5
     # Global-norm gradient clipping; 0 disables it.
     max_grad_norm: float = 400.0
-    # The original divided the gradients by the loss scale twice (once in its loss-scaled training
-    # cell, again in Adam(loss_scale=...)), so Adam saw gradients loss_scale times smaller and its
+    # The original built Adam(loss_scale=...) on gradients that were already at their true scale,
+    # so Adam divided them by the loss scale once more and saw them loss_scale times smaller: its
     # epsilon acted relatively loss_scale times larger. True reproduces that; False is plain Adam.
     divide_by_loss_scale_twice: bool = False
 
@@ -423,6 +417,29 @@ def _validate_augmentation(config: Config) -> None:
 
 # Keys whose value may be an http(s) URL instead of a file.
 URL_KEYS = ("Pretrained_model", "CheckpointConfig.resume_from")
+
+
+def check_writable_dir(directory: str, where: str) -> None:
+    """Raise ConfigError, its message starting with `where` (e.g. "deepspeech2.yaml:
+    CheckpointConfig.ckpt_path" or "--output"), unless `directory` exists or can be created and a
+    file can be written and removed in it. Run before any work, so a run never fails at its first
+    write (nor an evaluation after it has finished)."""
+    path = directory or "."
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{where}: {path} exists and is not a directory") from None
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot create the directory {path}: {err.strerror}") from None
+    if not os.path.isdir(path):
+        raise ConfigError(f"{where}: {path} is not a directory")
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"x")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot write in {path}: {err.strerror}") from None
 
 
 def check_files(config: Config, keys: Sequence[str]) -> None:

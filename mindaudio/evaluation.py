@@ -30,7 +30,7 @@ from tqdm import tqdm
 import mindspore as ms
 
 from mindaudio.checkpoint import CheckpointManager, load_model_weights
-from mindaudio.config import Config, ConfigError, UserError, check_files
+from mindaudio.config import Config, ConfigError, UserError, check_files, check_writable_dir
 from mindaudio.data.dataset import Split, build_dataset, load_split, make_sampler
 from mindaudio.data.manifest import Utterance
 from mindaudio.data.text import CharTokenizer
@@ -121,10 +121,12 @@ def excluded_utterances(utterances: Sequence[Utterance], problems: Iterable[Tupl
 
 
 def score(utterances: Sequence[Utterance], hypotheses: Dict[int, str], references: Sequence[str],
-          wall_seconds: float = 0.0, excluded: Optional[Dict[int, str]] = None) -> EvalResult:
+          wall_seconds: float = 0.0, excluded: Optional[Dict[int, str]] = None,
+          left_out: Sequence[Tuple[str, str, str]] = ()) -> EvalResult:
     """WER/CER over `utterances` (indexed as in `hypotheses`) except the `excluded` ones (index ->
     reason), which are listed in the result instead; `references` are the label-space transcripts
-    (`Split.references`: normalised as the training targets are)."""
+    (`Split.references`: normalised as the training targets are); `left_out`: (id, path, reason)
+    of utterances the split dropped when it read the manifest, listed with the excluded ones."""
     excluded = excluded or {}
     scored = [i for i in range(len(utterances)) if i not in excluded]
     missing = [utterances[i].id for i in scored if i not in hypotheses]
@@ -132,6 +134,7 @@ def score(utterances: Sequence[Utterance], hypotheses: Dict[int, str], reference
         raise RuntimeError(f"{len(missing)} utterance(s) were never decoded, e.g. {missing[0]}")
     excluded_rows = [{"id": utterances[i].id, "path": utterances[i].audio_path, "reason": excluded[i]}
                      for i in sorted(excluded)]
+    excluded_rows += [{"id": uid, "path": path, "reason": reason} for uid, path, reason in left_out]
     if not scored:
         raise EvaluationError(f"none of the {len(utterances)} utterances could be scored: "
                               + "; ".join(f"{row['path']}: {row['reason']}" for row in excluded_rows[:3]))
@@ -160,7 +163,7 @@ def evaluate_split(model: ms.nn.Cell, split: Split, config: Config, tokenizer: C
     # Read after the iteration: the dataset's workers record problems as they meet them.
     excluded = excluded_utterances(split.utterances, list(getattr(dataset, "problems", [])), non_finite)
     result = score(split.utterances, hypotheses, list(split.references),
-                   time.perf_counter() - start, excluded)
+                   time.perf_counter() - start, excluded, split.left_out)
     if decoder is not None:
         result.decoder = decoder.describe()
     return result
@@ -208,17 +211,10 @@ def check_report_writable(save_output: str, source: str) -> str:
     if not save_output.strip():
         raise ConfigError(f"{source}: EvalConfig.save_output is empty: give the report's path")
     path = report_path(save_output)
-    probe = path + ".tmp"
-    try:
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"{path} is a directory")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        os.remove(probe)
-    except OSError as err:
-        raise ConfigError(f"{source}: EvalConfig.save_output: cannot write the report {path}: "
-                          f"{err.strerror or err}") from None
+    where = f"{source}: EvalConfig.save_output: cannot write the report {path}"
+    if os.path.isdir(path):
+        raise ConfigError(f"{where}: it is a directory")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), where)
     return path
 
 
@@ -287,7 +283,7 @@ def run_evaluation(config: Config, progress: bool = True, print_utterances: bool
                        bucket_boundaries=config.TrainingConfig.bucket_boundaries)
     print(split.summary(), file=out)
     path = checkpoint_to_evaluate(config)
-    model = build_model(config, config.EvalConfig.batch_size)
+    model = build_model(config)
     load_model_weights(model, path)
     decoder = build_decoder(config)
     print(f"evaluating {path} with {decoder.describe()} decoding", file=out)

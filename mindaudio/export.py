@@ -191,7 +191,7 @@ def export_model(config: Config, checkpoint: str, output_stem: str, formats: Seq
 
     Raises ExportError when an export's logits differ from the checkpoint's by more than
     `tolerance` (the file is kept for inspection)."""
-    model = build_model(config, 1)
+    model = build_model(config)
     load_model_weights(model, checkpoint)
     model.set_train(False)
     freq = num_freq_bins(config.SpectConfig)

@@ -387,7 +387,7 @@ def build_transcriber(config: Config, checkpoint: str, chunk_seconds: float = 20
                       ) -> Transcriber:
     """The model of `config.ModelConfig` with `checkpoint`'s weights, and the decoder
     `config.EvalConfig` asks for (unless `decoder` is given). progress: see `Transcriber`."""
-    model = build_model(config, 1)
+    model = build_model(config)
     load_model_weights(model, checkpoint)
     decoder = decoder if decoder is not None else build_decoder(config)
     return Transcriber(AcousticModel(model, pad=config.ModelConfig.masked), config.SpectConfig, decoder,

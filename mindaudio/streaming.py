@@ -361,7 +361,7 @@ def build_streaming_recogniser(config: Config, checkpoint: str, decoder=None) ->
     """The unidirectional model of `config` with `checkpoint`'s weights (feature statistics
     included) and the decoder `config.EvalConfig` asks for (used by `finish()`)."""
     check_streamable_config(config)
-    model = build_model(config, 1)
+    model = build_model(config)
     load_model_weights(model, checkpoint)
     decoder = decoder if decoder is not None else build_decoder(config)
     return StreamingRecogniser(model, config.SpectConfig, CharTokenizer.from_config(config).blank_id, decoder)

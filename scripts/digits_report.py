@@ -12,7 +12,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mindaudio.config import UserError  # noqa: E402
+from mindaudio.errors import UserError, report_user_errors  # noqa: E402
 from mindaudio.data.digits import speaker_of  # noqa: E402
 from mindaudio.data.manifest import write_text_atomic  # noqa: E402
 from mindaudio.metrics import error_rates, error_rates_by_group  # noqa: E402
@@ -53,17 +53,14 @@ def add_per_speaker(report_path) -> Dict[str, Dict[str, float]]:
     return per_speaker
 
 
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     paths = list(sys.argv[1:] if argv is None else argv)
     if not paths or any(path.startswith("-") for path in paths):
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    try:
-        for path in paths:
-            print(format_per_speaker(add_per_speaker(path)))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    for path in paths:
+        print(format_per_speaker(add_per_speaker(path)))
     return 0
 
 

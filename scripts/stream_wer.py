@@ -15,22 +15,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mindaudio.cli import CommandLineError, parse_command_line, run_cli  # noqa: E402
-from mindaudio.config import ConfigError, check_files  # noqa: E402
+from mindaudio.cli import (CommandLineError, add_checkpoint_argument, checkpoint_override,  # noqa: E402
+                           parse_command_line, require_model_weights, run_cli)
+from mindaudio.config import ConfigError  # noqa: E402
 
 DESCRIPTION = "WER of a streaming model streamed chunk by chunk, next to its offline evaluation."
 
 
 def own_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="the streaming model's weights")
+    add_checkpoint_argument(parser)
     parser.add_argument("--report", required=True, help="eval.py's JSON report of the same checkpoint (greedy)")
     parser.add_argument("--chunk_ms", type=float, default=160.0)
 
 
 def main() -> int:
     config, args = parse_command_line(None, DESCRIPTION, own_arguments, single_process=True,
-                                      derived_overrides=lambda a: {"Pretrained_model": a.checkpoint})
-    check_files(config, ["Pretrained_model", "EvalConfig.test_manifest"])
+                                      derived_overrides=checkpoint_override)
+    require_model_weights(config, "EvalConfig.test_manifest")
     try:
         with open(args.report, encoding="utf-8") as f:
             report = json.load(f)

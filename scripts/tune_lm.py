@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mindaudio.cli import check_writable_dir, parse_command_line, run_cli  # noqa: E402  (first: it quietens MindSpore's log)
+from mindaudio.cli import parse_command_line, run_cli  # noqa: E402  (first: it quietens MindSpore's log)
+from mindaudio.config import check_writable_dir  # noqa: E402
 from mindaudio.config import ConfigError, check_files  # noqa: E402
 
 DESCRIPTION = "Grid-search alpha and beta of the beam decoder with an n-gram LM on a validation manifest."
@@ -43,7 +44,7 @@ def collect_log_probs(config, checkpoint: str, manifest: str, progress: bool = T
     tokenizer = CharTokenizer.from_config(config)
     split = load_split(manifest, tokenizer, config.SpectConfig,
                        bucket_boundaries=config.TrainingConfig.bucket_boundaries)
-    model = build_model(config, config.EvalConfig.batch_size)
+    model = build_model(config)
     load_model_weights(model, checkpoint)
     model.set_train(False)
     batches = make_sampler(split, config.EvalConfig.batch_size, train=False).batches(0)
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
 
     checkpoint = checkpoint_to_evaluate(config)
     output = args.output if args.output.endswith(".json") else args.output + ".json"
-    check_writable_dir(os.path.dirname(os.path.abspath(output)), "--output", config)
+    check_writable_dir(os.path.dirname(os.path.abspath(output)), "--output")
     setup_runtime(config.runtime, config.TrainingConfig.seed)
     decoder = BeamSearchDecoder.from_config(config, len(config.labels) - 1)
     cache = args.cache or output[: -len(".json")] + ".npz"

@@ -23,13 +23,6 @@ def reference_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The project's `data/` folder, for tests written when this material lived in `../shared`:
-    `shared_dir / "reference" / ...` resolves to `data/reference/...`. Prefer `reference_dir`."""
-    return DATA_DIR
-
-
-@pytest.fixture(scope="session")
 def librispeech_mini() -> Path:
     """The extracted `LibriSpeech/` tree with 14 real utterances in three subsets."""
     return DATA_DIR / "librispeech_mini" / "LibriSpeech"

@@ -26,7 +26,7 @@ def small_model(layers=1, hidden=16, labels=LABELS, seed=0):
     config.ModelConfig.hidden_size = hidden
     config.ModelConfig.hidden_layers = layers
     config.labels = list(labels)
-    return build_model(config, 2, seed=seed)
+    return build_model(config, seed=seed)
 
 
 def adam(model):
@@ -205,8 +205,8 @@ def original_training_cell(layers: int, hidden: int, reference_names):
 
 
 @pytest.fixture(scope="module")
-def reference_train_names(shared_dir):
-    lines = (shared_dir / "reference" / "mindaudio_deepspeech2_train_checkpoint_params.txt").read_text().splitlines()
+def reference_train_names(reference_dir):
+    lines = (reference_dir / "mindaudio_deepspeech2_train_checkpoint_params.txt").read_text().splitlines()
     return [line.split()[0] for line in lines if line.strip()]
 
 
@@ -259,16 +259,16 @@ def test_resume_needs_optimizer_state_and_the_exact_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_training_cell_maps_every_original_entry(shared_dir):
+def test_full_size_training_cell_maps_every_original_entry(reference_dir):
     """Our full-size model and Adam hold every entry of the original's training cell, with its
     shape and dtype, except the ones reported as having no counterpart."""
-    lines = (shared_dir / "reference" / "mindaudio_deepspeech2_train_checkpoint_params.txt").read_text().splitlines()
+    lines = (reference_dir / "mindaudio_deepspeech2_train_checkpoint_params.txt").read_text().splitlines()
     reference = {}
     for line in lines:
         name, rest = line.split(" ", 1)
         shape, dtype = rest.rsplit(" ", 1)
         reference[name] = (tuple(int(d) for d in shape.strip("()").split(",") if d.strip()), dtype)
-    model = build_model(Config(), 1, seed=0)
+    model = build_model(Config(), seed=0)
     ours = {name: (tuple(p.shape), str(p.dtype)) for name, p in training_parameters(model, adam(model))}
     assert set(reference) - set(ours) == set(ORIGINAL_ONLY)
     assert set(ours) <= set(reference)

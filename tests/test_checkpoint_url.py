@@ -24,7 +24,7 @@ def small_model(seed):
     config = Config()
     config.ModelConfig.hidden_size = 16
     config.ModelConfig.hidden_layers = 1
-    return build_model(config, 1, seed=seed)
+    return build_model(config, seed=seed)
 
 
 class CheckpointServer:

@@ -16,9 +16,9 @@ import pytest
 import soundfile
 import yaml
 
-from mindaudio.cli import (CommandLineError, EXIT_USER_ERROR, check_writable_dir, parse_command_line,
+from mindaudio.cli import (CommandLineError, EXIT_USER_ERROR, parse_command_line,
                            split_overrides)
-from mindaudio.config import ConfigError, config_from_dict
+from mindaudio.config import ConfigError, check_writable_dir, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ["train.py", "eval.py", "transcribe.py", "export.py", "scripts/tune_lm.py"]
@@ -262,7 +262,7 @@ def test_transcribe_names_a_missing_audio_file_and_exits_1(config_file, speech, 
     from mindaudio.models.build import build_model
 
     checkpoint = tmp_path / "small.ckpt"
-    ms.save_checkpoint(build_model(config_from_dict(yaml.safe_load(config_file.read_text())), 1), str(checkpoint))
+    ms.save_checkpoint(build_model(config_from_dict(yaml.safe_load(config_file.read_text()))), str(checkpoint))
     missing = tmp_path / "absent.wav"
     proc = run("transcribe.py", "-c", config_file, "--checkpoint", checkpoint, speech[0], missing)
     assert proc.returncode == 1  # the other file was transcribed
@@ -382,14 +382,14 @@ def test_derived_overrides_set_config_keys_from_own_flags(config_file):
 def test_check_writable_dir_creates_and_probes(tmp_path):
     config = config_from_dict({}, source="c.yaml")
     target = tmp_path / "new" / "dir"
-    check_writable_dir(str(target), "CheckpointConfig.ckpt_path", config)
+    check_writable_dir(str(target), f"{config.source}: CheckpointConfig.ckpt_path")
     assert target.is_dir() and os.listdir(target) == []  # the probe file is removed
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     with pytest.raises(ConfigError, match="c.yaml: CheckpointConfig.ckpt_path: .*not a directory"):
-        check_writable_dir(str(plain), "CheckpointConfig.ckpt_path", config)
+        check_writable_dir(str(plain), f"{config.source}: CheckpointConfig.ckpt_path")
     with pytest.raises(ConfigError, match="--output: cannot create the directory"):
-        check_writable_dir(str(plain / "sub"), "--output", config)
+        check_writable_dir(str(plain / "sub"), "--output")
 
 
 def test_user_errors_exit_2_and_bugs_keep_their_traceback(tmp_path):

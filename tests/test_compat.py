@@ -9,7 +9,7 @@ import soundfile
 import mindspore as ms
 
 from mindaudio.cli import parse_command_line
-from mindaudio.config import ConfigError, config_from_dict, load_config
+from mindaudio.config import Config, ConfigError, config_from_dict, load_config
 from mindaudio.data.dataset import PaddedBatchSource, load_split, make_sampler
 from mindaudio.data.features import log_spectrogram
 from mindaudio.models.deepspeech2 import output_length
@@ -48,18 +48,26 @@ def spectrogram_of(path, spect):
     return log_spectrogram(signal, spect)
 
 
-def test_defaults_are_ours_and_the_yaml_documents_the_compat_keys(repo_root):
+def test_the_recipe_yaml_scores_as_the_original_and_the_defaults_are_ours(repo_root):
+    # deepspeech2.yaml is the original's recipe, used with its published checkpoint: the model
+    # computes as the original's and evaluation pads to 3500 frames as the original's did, while
+    # training never crops. Without the yaml (configs/digits.yaml, a Config()) the padding-exact
+    # model and length buckets are the defaults.
     config = load_config(str(repo_root / "deepspeech2.yaml"))
     assert config.TrainingConfig.fixed_frames == 0
-    assert config.EvalConfig.fixed_frames == 0
-    assert config.ModelConfig.masked is True
+    assert config.EvalConfig.fixed_frames == 3500
+    assert config.ModelConfig.masked is False
+    defaults = Config()
+    assert defaults.ModelConfig.masked is True
+    assert (defaults.TrainingConfig.fixed_frames, defaults.EvalConfig.fixed_frames) == (0, 0)
+    assert load_config(str(repo_root / "configs" / "digits.yaml")).ModelConfig.masked is True
 
 
 def test_compat_flags_select_the_original_scheme(repo_root):
     config, _ = parse_command_line(["-c", str(repo_root / "deepspeech2.yaml")] + COMPAT_FLAGS, "test")
     assert (config.TrainingConfig.fixed_frames, config.EvalConfig.fixed_frames) == (1250, 3500)
     assert config.ModelConfig.masked is False
-    model = build_model(config, batch_size=1, seed=0)
+    model = build_model(config, seed=0)
     assert model.masked is False
     assert all(layer.masked is False for layer in model.RNN.lstms)
 
@@ -148,7 +156,7 @@ def test_unmasked_model_depends_on_padding_as_the_original_did(config):
     for masked in (True, False):
         small = config_from_dict({"ModelConfig": {"hidden_size": 16, "hidden_layers": 1,
                                                   "masked": masked}})
-        model = build_model(small, batch_size=1, seed=3)
+        model = build_model(small, seed=3)
         model.set_train(False)
         short, _ = model(ms.Tensor(utterance), lengths)
         long, _ = model(ms.Tensor(padded), lengths)

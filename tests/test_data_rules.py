@@ -39,7 +39,7 @@ def test_a_window_features_cannot_compute_is_a_config_error_naming_the_key(windo
 
 def test_frame_geometry_too_small_for_the_sample_rate_is_named():
     cfg = config(SpectConfig={"sample_rate": 50})
-    with pytest.raises(ConfigError, match=r"data\.yaml: SpectConfig\.window_size: .*FFT size of 1 samples"):
+    with pytest.raises(ConfigError, match=r"data\.yaml: SpectConfig\.sample_rate / SpectConfig\.window_size: .*FFT size of 1 samples"):
         check_data_config(cfg)
 
 

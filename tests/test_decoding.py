@@ -94,9 +94,9 @@ def test_discounts_follow_chen_goodman_from_counts_of_counts():
 
 
 @pytest.fixture(scope="module")
-def train_clean_5_lm(shared_dir, tmp_path_factory):
+def train_clean_5_lm(reference_dir, tmp_path_factory):
     """A trigram LM of the 1,519 train-clean-5 transcripts (no test transcripts)."""
-    text = shared_dir / "reference" / "librispeech_lengths" / "train-clean-5.transcripts.txt"
+    text = reference_dir / "librispeech_lengths" / "train-clean-5.transcripts.txt"
     path = tmp_path_factory.mktemp("lm") / "train-clean-5.3gram.arpa"
     summary = build_arpa(str(text), str(path), order=3, alphabet=[c for c in LABELS[:-1] if c != " "])
     assert summary.sentences == 1519 and summary.fallback_orders == ()
@@ -112,10 +112,10 @@ def test_every_conditional_distribution_sums_to_one_under_kenlm(train_clean_5_lm
         assert total == pytest.approx(1.0, abs=1e-5), history
 
 
-def test_arpa_backoff_lookup_agrees_with_kenlm(train_clean_5_lm, shared_dir):
+def test_arpa_backoff_lookup_agrees_with_kenlm(train_clean_5_lm, reference_dir):
     from mindaudio.decoding.ngram import read_sentences
     lm = kenlm.Model(str(train_clean_5_lm))
-    corpus = read_sentences(str(shared_dir / "reference" / "librispeech_lengths" / "train-clean-5.transcripts.txt"),
+    corpus = read_sentences(str(reference_dir / "librispeech_lengths" / "train-clean-5.transcripts.txt"),
                             alphabet=[c for c in LABELS[:-1] if c != " "])
     model = kneser_ney(count_ngrams(corpus, 3))
     for sentence in ("HE HOPED THERE WOULD BE STEW FOR DINNER", "THE MAN WHO WAS NOT THERE",

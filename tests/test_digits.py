@@ -227,7 +227,7 @@ def test_per_speaker_breakdown_is_added_to_an_eval_report(tmp_path, repo_root):
         add_per_speaker(tmp_path / "missing.json")
     missing = subprocess.run([sys.executable, "scripts/digits_report.py", str(tmp_path / "missing.json")],
                              cwd=repo_root, capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
 
 
 def test_data_layer_does_not_import_metrics(repo_root):

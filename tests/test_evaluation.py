@@ -17,7 +17,7 @@ import mindspore as ms
 
 from corpus import small_config_dict
 from mindaudio.config import ConfigError, UserError, config_from_dict
-from mindaudio.data.dataset import build_dataset, load_split, make_sampler
+from mindaudio.data.dataset import load_split
 from mindaudio.data.librispeech import extracted_utterances
 from mindaudio.data.text import CharTokenizer
 from mindaudio.evaluation import (EvalResult, EvaluationError, check_report_writable,
@@ -130,7 +130,7 @@ def tiny(tmp_path_factory):
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     work = tmp_path_factory.mktemp("tiny")
     data = small_config_dict(work / "unused.json", work / "ckpt")
-    model = build_model(config_from_dict(data, source="tiny"), 1, seed=4)
+    model = build_model(config_from_dict(data, source="tiny"), seed=4)
     checkpoint = work / "tiny.ckpt"
     ms.save_checkpoint(model, str(checkpoint))
     return data, checkpoint
@@ -211,7 +211,7 @@ def evaluate(tiny, manifest: Path):
     tokenizer = CharTokenizer(config.labels)
     split = load_split(str(manifest), tokenizer, config.SpectConfig,
                        bucket_boundaries=config.TrainingConfig.bucket_boundaries)
-    model = build_model(config, 1)
+    model = build_model(config)
     ms.load_param_into_net(model, ms.load_checkpoint(str(tiny[1])))
     return evaluate_split(model, split, config, tokenizer, progress=False)
 
@@ -229,17 +229,6 @@ def test_nan_audio_is_excluded_and_named_the_rest_scored_as_without_it(tiny, goo
     assert "NaN" in mixed.excluded[0]["reason"]
 
 
-def dataset_records_problems(tiny, manifest: Path) -> bool:
-    """Whether the dataset keeps `problems` (path, reason) for audio it cannot use, instead of
-    raising from its workers (helper "data"'s change, issue 14)."""
-    config = evaluation_config(tiny, manifest, manifest.with_suffix(".report"))
-    tokenizer = CharTokenizer(config.labels)
-    split = load_split(str(manifest), tokenizer, config.SpectConfig)
-    dataset = build_dataset(split, config.SpectConfig, make_sampler(split, 4, train=False).batches(0),
-                            tokenizer.blank_id)
-    return hasattr(dataset, "problems")
-
-
 def test_corrupt_and_empty_files_are_excluded_and_named(tiny, good, tmp_path):
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF" + np.random.default_rng(0).bytes(3000))
@@ -248,12 +237,6 @@ def test_corrupt_and_empty_files_are_excluded_and_named(tiny, good, tmp_path):
     entries = good_entries(good)
     manifest = write_manifest(tmp_path / "mixed.json", [entries[0], (str(corrupt), "A CORRUPT FILE", 1.5), entries[1],
                                                         (str(empty), "AN EMPTY FILE", 0.0), entries[2]])
-    if not dataset_records_problems(tiny, manifest):
-        # Until the dataset records problems, a worker's error ends the whole evaluation.
-        with pytest.raises(Exception, match="corrupt.wav|empty.wav"):
-            evaluate(tiny, manifest)
-        pytest.xfail("the dataset does not record problems yet (helper data's change): evaluation still "
-                     "aborts on an unreadable file")
     clean = evaluate(tiny, write_manifest(tmp_path / "clean.json", entries))
     out = io.StringIO()
     result, report_path = run_evaluation(evaluation_config(tiny, manifest, tmp_path / "report"),
@@ -290,8 +273,6 @@ def test_evaluation_inference_and_decoding_import_only_downwards():
 def test_drop_apostrophes_scores_references_without_them_and_leaves_hypotheses_alone(tiny, good, tmp_path):
     manifest = write_manifest(tmp_path / "good.json", good_entries(good))
     assert any("'" in text for _, _, text in good)  # HE'S
-    if not hasattr(CharTokenizer, "from_config"):
-        pytest.xfail("the tokenizer does not know drop_apostrophes yet (helper data's change)")
     reports = {}
     for drop in (False, True):
         config = evaluation_config(tiny, manifest, tmp_path / f"report_{drop}")

@@ -61,7 +61,7 @@ def tiny(tmp_path_factory):
     work = tmp_path_factory.mktemp("tiny")
     data = small_config_dict(work / "unused.json", work / "ckpt")
     config = config_from_dict(data, source="tiny")
-    model = build_model(config, 1, seed=4)
+    model = build_model(config, seed=4)
     checkpoint = work / "tiny.ckpt"
     ms.save_checkpoint(model, str(checkpoint))
     model.set_train(False)
@@ -303,10 +303,10 @@ def short_manifest(utterances, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lm_path(shared_dir, tmp_path_factory):
+def lm_path(reference_dir, tmp_path_factory):
     from mindaudio.decoding.ngram import build_arpa
     path = tmp_path_factory.mktemp("lm") / "tc5.arpa"
-    build_arpa(str(shared_dir / "reference" / "librispeech_lengths" / "train-clean-5.transcripts.txt"), str(path),
+    build_arpa(str(reference_dir / "librispeech_lengths" / "train-clean-5.transcripts.txt"), str(path),
                order=2, alphabet=[c for c in "'ABCDEFGHIJKLMNOPQRSTUVWXYZ"])
     return path
 
@@ -376,7 +376,7 @@ def test_exported_mindir_and_onnx_give_the_checkpoint_logits(tiny, tmp_path, utt
     description = json.loads((tmp_path / "ds2.json").read_text())
     assert description["labels"] == config.labels and description["seconds_per_output_frame"] == 0.02
     # The check is not vacuous: a model with other weights is far from the exported file.
-    other = build_model(config, 1, seed=99)
+    other = build_model(config, seed=99)
     other.set_train(False)
     mismatch = check_mindir(other, report.files["MINDIR"], check_inputs(161, [(200, [200])]))
     assert mismatch.max_abs_diff > 1e-2

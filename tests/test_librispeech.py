@@ -572,14 +572,14 @@ def test_cli_from_repo_root(tmp_path, corpus, repo_root):
     missing = subprocess.run(
         [sys.executable, "mindaudio/data/librispeech.py", "--root_path", str(root), "--data_ready", "true",
          "--splits", "test_other"], cwd=repo_root, capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 1 and "test-other.tar.gz" in missing.stderr
+    assert missing.returncode == 2 and "test-other.tar.gz" in missing.stderr
 
 
 def test_main_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
         main(["--root_path", str(tmp_path), "--data_ready", "maybe"])
     assert raised.value.code == 2
-    assert main(["--root_path", str(tmp_path), "--data_ready", "True", "--splits", "dev"]) == 1
+    assert main(["--root_path", str(tmp_path), "--data_ready", "True", "--splits", "dev"]) == 2
     assert "unknown split 'dev'" in capsys.readouterr().err
 
 
@@ -598,13 +598,13 @@ def test_original_data_path_and_download_flags(tmp_path, archives, corpus, capsy
     # --download False: the archives are already in --data_path (our --data_ready True); the
     # archive here is locally built, so its published MD5 must not match: the error proves the
     # run used the local archive and did not try the network.
-    assert main(["--data_path", str(root), "--download", "False", "--splits", "test_clean"]) == 1
+    assert main(["--data_path", str(root), "--download", "False", "--splits", "test_clean"]) == 2
     err = capsys.readouterr().err
     assert "test-clean.tar.gz" in err and "MD5" in err
     assert "put a good copy of the archive there" in err and "fetches it again" not in err
     # Without the archive and with --download False, it names what is missing.
     assert main(["--data_path", str(tmp_path / "empty"), "--download", "False",
-                 "--splits", "test_other"]) == 1
+                 "--splits", "test_other"]) == 2
     assert "--data_ready True (--download False): nothing is downloaded, but these inputs are missing" in capsys.readouterr().err
 
 
@@ -614,7 +614,7 @@ def test_original_data_path_and_download_flags(tmp_path, archives, corpus, capsy
     (["--root_path", "a", "--download", "True", "--data_ready", "True"], "contradicts"),
 ])
 def test_flag_mistakes_are_one_line_errors(argv, message, capsys):
-    assert main(argv + ["--splits", "test_clean"]) == 1
+    assert main(argv + ["--splits", "test_clean"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 

@@ -32,14 +32,14 @@ _NUMPY_DTYPES = {"Float32": np.float32, "Int32": np.int32, "Int64": np.int64}
 
 
 @pytest.fixture(scope="module")
-def reference_params(shared_dir):
-    return _parse_param_list(shared_dir / "reference" / "mindaudio_deepspeech2_params.txt")
+def reference_params(reference_dir):
+    return _parse_param_list(reference_dir / "mindaudio_deepspeech2_params.txt")
 
 
 @pytest.fixture(scope="module")
-def reference_train_params(shared_dir):
+def reference_train_params(reference_dir):
     return _parse_param_list(
-        shared_dir / "reference" / "mindaudio_deepspeech2_train_checkpoint_params.txt")
+        reference_dir / "mindaudio_deepspeech2_train_checkpoint_params.txt")
 
 
 @pytest.fixture(scope="module")

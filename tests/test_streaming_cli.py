@@ -56,7 +56,7 @@ def test_stream_prints_changing_partials_and_the_offline_final(recording, tmp_pa
 
     config = load_config(str(CONFIG), TINY)
     signal = load_audio(recording, 8000)
-    model = build_model(config, 1, seed=7, feature_statistics=signal_statistics([signal], config.SpectConfig))
+    model = build_model(config, seed=7, feature_statistics=signal_statistics([signal], config.SpectConfig))
     checkpoint = tmp_path / "tiny_stream.ckpt"
     ms.save_checkpoint(model, str(checkpoint))
 

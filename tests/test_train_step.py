@@ -4,7 +4,7 @@ import pytest
 
 import mindaudio  # noqa: F401
 import mindspore as ms
-from mindspore import ParameterTuple, Tensor, nn, ops
+from mindspore import ParameterTuple, Tensor, nn
 
 from mindaudio.training.train_step import (AccumulateGradients, ApplyGradients, ClearGradients,
                                            make_accumulators)

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 import mindaudio  # noqa: F401
-import mindspore as ms
 
 from corpus import small_config_dict
 from mindaudio.config import config_from_dict
@@ -120,26 +119,97 @@ def test_kill_minus_nine_then_resume_equals_an_uninterrupted_run(short_manifest,
     got = model_weights(manager.latest())
     assert set(want) == set(got)
     for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # The first epoch's mean loss covers the steps before the kill too.
+    assert epoch_losses(ckpt) == epoch_losses(tmp_path / "straight")
+
+
+def epoch_losses(ckpt: Path) -> dict:
+    records = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
+    return {r["epoch"]: r["train_loss"] for r in records if r["kind"] == "epoch"}
+
+
+def saved_values(trainer) -> dict:
+    from mindaudio.checkpoint import training_parameters
+
+    return {name: value.asnumpy().copy() for name, value in training_parameters(trainer.model, trainer.optimizer)}
 
 
 @pytest.mark.slow
 def test_steps_with_non_finite_gradients_are_skipped_and_counted(short_manifest, tmp_path):
-    from mindaudio.models.build import build_model
     from mindaudio.training.trainer import Trainer
 
     # A loss scale of 3e38 overflows every gradient to inf in float32, as fp16 overflow would.
     data = small_config_dict(short_manifest, tmp_path / "ckpt", OptimConfig={"loss_scale": 3e38})
     config = config_from_dict(data)
     trainer = Trainer(config, progress=False)
+    before = saved_values(trainer)
     result = trainer.run()
     assert result.state.skipped_steps == 2 and result.state.global_step == 0
-    initial = build_model(config, 2, seed=config.TrainingConfig.seed)
-    for before, after in zip(initial.trainable_params(), trainer.model.trainable_params()):
-        np.testing.assert_array_equal(before.asnumpy(), after.asnumpy(), err_msg=before.name)
+    after = saved_values(trainer)
+    # Weights, BatchNorm's running statistics (the forward passes moved them) and Adam's state.
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
+@pytest.mark.slow
+def test_poisoned_audio_changes_no_saved_value(short_manifest, tmp_path, librispeech_mini):
+    import soundfile
+
+    from mindaudio.training.trainer import Trainer
+
+    # Every utterance with NaN samples in its audio (as a corrupt float WAV has): every step is
+    # skipped, and no value a checkpoint holds may change.
+    poisoned = []
+    for utterance_id, audio, text, *_ in extracted_utterances(librispeech_mini):
+        if utterance_id in SHORT_IDS:
+            signal, rate = soundfile.read(str(audio), dtype="float32")
+            signal[len(signal) // 3] = np.nan
+            path = tmp_path / f"{utterance_id}.wav"
+            soundfile.write(str(path), signal, rate, subtype="FLOAT")
+            poisoned.append((utterance_id, path, text))
+    manifest = write_manifest_with_transcripts(tmp_path / "poisoned", poisoned)
+    config = config_from_dict(small_config_dict(manifest, tmp_path / "ckpt"))
+    trainer = Trainer(config, progress=False)
+    before = saved_values(trainer)
+    result = trainer.run()
+    assert result.state.skipped_steps == 2 and result.state.global_step == 0
+    saved = model_weights(result.last_checkpoint)
+    assert set(saved) == set(before)
+    for name in before:
+        np.testing.assert_array_equal(saved[name], before[name], err_msg=name)
 
 
 def test_learning_rate_is_annealed_per_epoch(short_manifest, tmp_path):
     config = config_from_dict(small_config_dict(short_manifest, tmp_path, OptimConfig={
         "learning_rate": 0.01, "learning_anneal": 2.0}))
     assert [learning_rate_for_epoch(config, e) for e in range(3)] == [0.01, 0.005, 0.0025]
+
+
+def test_a_second_run_on_the_same_ckpt_path_is_refused_before_it_touches_anything(short_manifest, tmp_path):
+    from mindaudio.training.run_lock import LOCK_NAME, RunLockError
+    from mindaudio.training.trainer import Trainer
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+         "from mindaudio.training.run_lock import RunLock; lock = RunLock(sys.argv[2]).acquire(); "
+         "print('held', flush=True); sys.stdin.readline(); lock.release()",
+         str(Path(__file__).resolve().parents[1]), str(ckpt)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # The first run's checkpoint being written right now.
+        in_progress = ckpt / ".partial-1-DeepSpeech-e000-s00000001.ckpt"
+        in_progress.write_bytes(b"x")
+        config = config_from_dict(small_config_dict(short_manifest, ckpt))
+        with pytest.raises(RunLockError, match=f"pid {holder.pid}"):
+            Trainer(config, progress=False)
+        assert in_progress.exists()
+        assert sorted(p.name for p in ckpt.iterdir()) == sorted([in_progress.name, LOCK_NAME])
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+    assert not (ckpt / LOCK_NAME).exists()

@@ -6,7 +6,6 @@ entry of the file must belong to them, except the known entries of a training ch
 bare model has no place for (Adam's moments of its own parameters, the step, the rate, the beta
 powers, the original's loss scale). Only fine-tuning loads part of a file, and says what it left.
 """
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field

@@ -75,21 +75,22 @@ def resolve_checkpoint(path_or_url: str, progress: bool = True) -> str:
 
 def _download(url: str, target: Path, progress: bool) -> None:
     # The resumable fetch with a progress bar is the dataset downloader's; its public
-    # `download_archive` insists on a published MD5, which a checkpoint URL does not come with.
-    from mindaudio.data.archives import _fetch_into, _TruncatedTransfer
+    # `download_archive` insists on a published MD5, which a checkpoint URL does not come with,
+    # so the fetch is used directly.
+    from mindaudio.data.archives import fetch_resumable, TruncatedTransfer
 
     part = target.with_name(target.name + ".part")
     resumed = part.stat().st_size if part.exists() else 0
     print(f"downloading {url} to {target}" + (f" (resuming after {resumed} bytes)" if resumed else ""),
           file=sys.stderr)
     try:
-        _fetch_into(url, part, _TIMEOUT_SECONDS, progress, target.name)
+        fetch_resumable(url, part, _TIMEOUT_SECONDS, progress, target.name)
     except urllib.error.HTTPError as err:
         raise CheckpointDownloadError(f"cannot download checkpoint {url}: HTTP {err.code} {err.reason}") from None
     except urllib.error.URLError as err:
         reason = getattr(err.reason, "strerror", None) or err.reason
         raise CheckpointDownloadError(f"cannot download checkpoint {url}: {reason}") from None
-    except (_TruncatedTransfer, http.client.HTTPException, OSError) as err:
+    except (TruncatedTransfer, http.client.HTTPException, OSError) as err:
         kept = part.stat().st_size if part.exists() else 0
         raise CheckpointDownloadError(f"cannot download checkpoint {url}: {err or type(err).__name__} "
                                       f"({kept} bytes kept in {part}; run again to resume)") from None

@@ -48,7 +48,7 @@ class UnsafeArchiveError(ArchiveError):
     """A tar member would be written, or would point, outside the extraction directory."""
 
 
-class _TruncatedTransfer(Exception):
+class TruncatedTransfer(Exception):
     """The server closed the connection before sending everything it announced."""
 
 
@@ -115,7 +115,7 @@ def _content_range_start(header: Optional[str]) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def _fetch_into(url: str, part: Path, timeout: float, progress: bool, label: str) -> None:
+def fetch_resumable(url: str, part: Path, timeout: float, progress: bool, label: str) -> None:
     """Append the rest of `url` to `part` (creating it), asking only for the bytes still missing."""
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
@@ -150,7 +150,7 @@ def _fetch_into(url: str, part: Path, timeout: float, progress: bool, label: str
                 bar.update(len(chunk))
     # http.client returns b"" rather than raising when a connection drops mid-body.
     if expected is not None and received < expected:
-        raise _TruncatedTransfer(f"connection closed after {received} of {expected} bytes")
+        raise TruncatedTransfer(f"connection closed after {received} of {expected} bytes")
 
 
 def download_archive(url: str, destination: PathLike, expected_md5: str, *, retries: int = 5,
@@ -171,13 +171,13 @@ def download_archive(url: str, destination: PathLike, expected_md5: str, *, retr
     failures = 0
     while True:
         try:
-            _fetch_into(url, part, timeout, progress, destination.name)
+            fetch_resumable(url, part, timeout, progress, destination.name)
             break
         except urllib.error.HTTPError as error:
             if error.code not in _TRANSIENT_HTTP:
                 raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from error
             failure = error
-        except (OSError, http.client.HTTPException, _TruncatedTransfer) as error:
+        except (OSError, http.client.HTTPException, TruncatedTransfer) as error:
             failure = error
         failures += 1
         if failures > retries:

@@ -171,6 +171,9 @@ class Split:
     speed_range: Tuple[float, float] = (1.0, 1.0)
     # The normalised transcripts (label characters only): evaluation's references.
     references: Tuple[str, ...] = ()
+    # (id, audio path, reason) of the manifest's utterances left out when it was read because no
+    # model could transcribe them (empty audio, digits in the transcript).
+    left_out: Tuple[Tuple[str, str, str], ...] = ()
     # Audio files found unusable while batches were built (see the module docstring).
     problems: ProblemLog = field(default_factory=ProblemLog, compare=False, repr=False)
 
@@ -230,6 +233,10 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
         logger.warning("%s: %s holds no audio (duration 0): utterance left out",
                        utterances[position].source or manifest, utterances[position].audio_path)
     all_count = len(utterances)
+    # (id, audio path, reason) of what is left out here, for evaluation to name in its report.
+    untranscribable = tuple((utterances[i].id, utterances[i].audio_path, reason) for i, reason in sorted(
+        [(i, "digits in the transcript") for i in with_digits]
+        + [(i, "holds no audio (duration 0)") for i in empty_audio]))
     if with_digits or empty_audio:
         left_out = set(with_digits) | set(empty_audio)
         labelled = [i for i in range(len(utterances)) if i not in left_out]
@@ -273,7 +280,8 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
                                               len(edges)),
                   drops=drops, unknown_chars=unknown, fixed_frames=int(fixed_frames),
                   speed_range=(slowest, fastest),
-                  references=tuple(tokenizer.decode(label) for label in kept_labels))
+                  references=tuple(tokenizer.decode(label) for label in kept_labels),
+                  left_out=untranscribable)
     logger.info(split.summary())
     return split
 

@@ -46,7 +46,7 @@ from typing import Dict, List, Optional, Sequence
 import soundfile as sf
 from tqdm import tqdm
 
-from mindaudio.config import UserError
+from mindaudio.errors import UserError, report_user_errors
 from mindaudio.data.manifest import SplitSummary, write_manifest, write_text_if_changed
 
 __all__ = ["DEFAULT_CORPUS", "DEFAULT_TEST_SPEAKERS", "SPLITS", "SOURCE_SAMPLE_RATE", "CorpusError",
@@ -242,17 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.root_path:
-            prepare_digits(args.root_path, args.corpus, args.test_speakers)
-        else:
-            written = build_corpus(args.build_corpus_from, args.corpus)
-            print(f"{written} FLAC file(s) written to {Path(args.corpus) / 'recordings'}")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.root_path:
+        prepare_digits(args.root_path, args.corpus, args.test_speakers)
+    else:
+        written = build_corpus(args.build_corpus_from, args.corpus)
+        print(f"{written} FLAC file(s) written to {Path(args.corpus) / 'recordings'}")
     return 0
 
 

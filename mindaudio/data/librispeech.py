@@ -46,7 +46,7 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
-from mindaudio.config import UserError
+from mindaudio.errors import UserError, report_user_errors
 from mindaudio.data.archives import (ArchiveError, ChecksumError, download_archive, safe_extract,
                                      set_aside, verify_archive)
 from mindaudio.data.manifest import (Problem, SplitSummary, Utterance, write_manifest,
@@ -643,17 +643,15 @@ def resolve_flags(args: argparse.Namespace) -> Tuple[str, bool]:
     return paths.pop(), bool(data_ready)
 
 
+@report_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit status (0 also when some utterances had problems)."""
+    """Command-line entry point; returns the exit status (0 also when some utterances had problems;
+    2 with one `error:` line for a user's mistake)."""
     args = build_parser().parse_args(argv)
-    try:
-        root_path, data_ready = resolve_flags(args)
-        prepare_librispeech(root_path, splits=args.splits, data_ready=data_ready,
-                            workers=args.workers, base_url=args.base_url, retries=args.retries,
-                            keep_flac=args.keep_flac)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    root_path, data_ready = resolve_flags(args)
+    prepare_librispeech(root_path, splits=args.splits, data_ready=data_ready,
+                        workers=args.workers, base_url=args.base_url, retries=args.retries,
+                        keep_flac=args.keep_flac)
     return 0
 
 

@@ -18,8 +18,9 @@ def check_data_config(config: Config) -> None:
     """Raise ConfigError ("<yaml>: <Section.key>: <why>") for the first data setting that cannot work."""
     spect = config.SpectConfig
     _ask(config, "SpectConfig.window", check_window, spect.window)
-    _ask(config, "SpectConfig.window_size", fft_size, spect)
-    _ask(config, "SpectConfig.window_stride", hop_size, spect)
+    # Either key can be the one at fault (a 50 Hz rate or a 1 ms window): name both.
+    _ask(config, "SpectConfig.sample_rate / SpectConfig.window_size", fft_size, spect)
+    _ask(config, "SpectConfig.sample_rate / SpectConfig.window_stride", hop_size, spect)
     _ask(config, "labels", check_labels, config.labels)
     augmentation = config.AugmentationConfig
     if augmentation.noise_dir and augmentation.noise_prob > 0:

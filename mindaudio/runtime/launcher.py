@@ -20,6 +20,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Mapping, MutableMapping, Optional, Tuple
 
+from mindaudio.config import UserError
+
 SINGLE = "single"
 MSRUN = "msrun"  # msrun, or MindSpore's environment-variable launch (MS_ROLE=MS_WORKER)
 SCHEDULER = "scheduler"  # MS_ROLE=MS_SCHED: msrun runs the training script as its scheduler too
@@ -35,14 +37,14 @@ PORT_SPAN = 20000
 SCHEDULER_START_TIMEOUT = 180.0
 
 # Set once an MPI rank has been turned into a MindSpore worker ("host:port" of its scheduler), so
-# that the set-up is done once even when `start_scheduler_early` ran first.
+# that the set-up is done once per process.
 PREPARED = "MINDAUDIO_MPI_SCHEDULER"
 
 # Environment of MPI launchers; stripped from the scheduler so it is plainly MindSpore's.
 _MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_", "MPI_LOCAL", "HYDI_", "HYDRA_")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """A distributed launch that cannot be set up; the message says which variable to set."""
 
 
@@ -228,18 +230,6 @@ def prepare_cpu_cluster(launch: Launch, environ: MutableMapping[str, str], log_d
     if wait:
         wait_for_scheduler(host, port, process, log_path)
     return process
-
-
-def start_scheduler_early(device_target: str, log_dir: str,
-                          environ: Optional[MutableMapping[str, str]] = None) -> None:
-    """Optional head start for `python train.py` under mpirun on CPU: call it before importing
-    mindspore, and the scheduler imports mindspore while the ranks do (a few seconds less
-    start-up). Does nothing in any other launch; `setup_runtime` finishes the set-up.
-    """
-    environ = os.environ if environ is None else environ
-    launch = detect_launch(environ)
-    if launch.kind == MPI and device_target == "CPU":
-        prepare_cpu_cluster(launch, environ, log_dir, wait=False)
 
 
 def run_scheduler() -> None:

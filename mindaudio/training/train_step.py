@@ -7,16 +7,28 @@ buffers. With K = 1 this is an ordinary train step; with K = N it reproduces N d
 ranks of the same micro-batch size (gradients are averaged the same way).
 
 A micro-batch whose loss or gradients are not finite adds nothing and reports it; the host then
-discards the whole update (`ClearGradients`) instead of applying it, and counts it.
+discards the whole update (`ClearGradients`) instead of applying it, and counts it. A discarded
+update leaves every value as it was before its first micro-batch: the forward passes in training
+mode have already moved BatchNorm's running mean and variance, so those are copied aside before
+the first micro-batch and copied back when the update is discarded (`CopyParameters`).
+
+`build_update` builds all of it for a model and an `OptimConfig`; the trainer and the benchmarks
+both call it, so what is timed is what trains.
 """
+from typing import Optional, Tuple
+
 import mindspore as ms
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import ParameterTuple, Tensor, nn, ops
+
+from mindaudio.config import OptimConfig
+from mindaudio.models.loss import NetWithCTCLoss
 
 _add_masked = ops.MultitypeFuncGraph("add_masked")
 _scale = ops.MultitypeFuncGraph("scale")
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 _zero = ops.MultitypeFuncGraph("zero")
 _all_finite = ops.MultitypeFuncGraph("all_finite")
+_copy = ops.MultitypeFuncGraph("copy")
 
 
 @_add_masked.register("Tensor", "Tensor", "Tensor")
@@ -38,6 +50,11 @@ def _square_sum_fn(x):
 @_zero.register("Tensor")
 def _zero_fn(x):
     return ops.assign(x, ops.zeros_like(x))
+
+
+@_copy.register("Tensor", "Tensor")
+def _copy_fn(target, source):
+    return ops.assign(target, source)
 
 
 @_all_finite.register("Tensor")
@@ -125,3 +142,103 @@ class ClearGradients(nn.Cell):
 def make_accumulators(weights: ParameterTuple) -> ParameterTuple:
     """Zero buffers shaped like `weights`, named `accum.<name>` (never saved in checkpoints)."""
     return weights.clone(prefix="accum", init="zeros")
+
+
+class CopyParameters(nn.Cell):
+    """Assign every parameter of `sources` to the parameter at the same position of `targets`."""
+
+    def __init__(self, sources: ParameterTuple, targets: ParameterTuple):
+        super().__init__(auto_prefix=False)
+        self.sources = sources
+        self.targets = targets
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        return self.hyper_map(_copy, self.targets, self.sources)
+
+
+def make_adam(weights: ParameterTuple, optim: OptimConfig) -> nn.Adam:
+    """Adam as `optim` sets it up, at `optim.learning_rate` (the trainer anneals it per epoch).
+
+    `ApplyGradients` has already divided the gradients by the loss scale. With
+    `optim.divide_by_loss_scale_twice` Adam divides them by it once more (MindSpore's
+    `Adam(loss_scale=...)`), as the original's training effectively did (its Adam was built with
+    `loss_scale` while its training cell did not scale the loss): Adam then sees gradients
+    `loss_scale` times smaller, so epsilon, and the weight decay added after that division, weigh
+    `loss_scale` times more. The plain setting (False) is ordinary Adam on the true gradients.
+    """
+    loss_scale = optim.loss_scale if optim.divide_by_loss_scale_twice else 1.0
+    return nn.Adam(weights, learning_rate=optim.learning_rate, beta1=optim.betas[0], beta2=optim.betas[1],
+                   eps=optim.epsilon, weight_decay=optim.weight_decay, loss_scale=loss_scale)
+
+
+class Update:
+    """One optimizer update of `model` from K micro-batches, as training runs it.
+
+    Call `add_micro_batch` K times, then `finish` once: it applies the averaged, unscaled,
+    clipped gradients with Adam, or, when any micro-batch had a non-finite loss or gradient,
+    discards the update and puts BatchNorm's running statistics back as they were before the
+    first micro-batch (so a skipped update changes nothing at all).
+
+    Attributes used directly by the benchmarks (compile timing): `accumulate`, `apply`,
+    `optimizer`.
+    """
+
+    def __init__(self, model: nn.Cell, optim: OptimConfig, world_size: int = 1):
+        weights = ParameterTuple(model.trainable_params())
+        self.optimizer = make_adam(weights, optim)
+        accumulators = make_accumulators(weights)
+        reducer = None
+        if world_size > 1:
+            # Data parallel: the average over ranks, the same on every rank.
+            reducer = nn.DistributedGradReducer(weights, mean=True, degree=world_size)
+        self.accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale,
+                                              reducer)
+        self.apply = ApplyGradients(self.optimizer, accumulators, optim.loss_scale, optim.max_grad_norm)
+        self.clear = ClearGradients(accumulators)
+        self.accumulate.set_train(True)
+        statistics = model.untrainable_params()
+        self._keep = self._restore = None
+        if statistics:
+            statistics = ParameterTuple(statistics)
+            kept = statistics.clone(prefix="kept", init="same")
+            self._keep = CopyParameters(statistics, kept)
+            self._restore = CopyParameters(kept, statistics)
+        self.micro_batches = 0
+        self._finite = True
+
+    def add_micro_batch(self, features, feature_lengths, labels, label_lengths) -> Tuple[float, bool]:
+        """Forward and backward of one micro-batch (the loss network's inputs, see
+        `AccumulateGradients`). Returns (loss, finite) as Python values."""
+        if self.micro_batches == 0 and self._keep is not None:
+            self._keep()
+        loss, finite = self.accumulate(features, feature_lengths, labels, label_lengths)
+        self.micro_batches += 1
+        finite = bool(finite.asnumpy())
+        self._finite = self._finite and finite
+        return float(loss.asnumpy()), finite
+
+    def finish(self) -> Optional[float]:
+        """Apply the update from the micro-batches added since the last `finish`; returns the
+        global gradient norm before clipping, or None when the update was discarded."""
+        if self.micro_batches == 0:
+            raise RuntimeError("finish() without a micro-batch")
+        micro_batches, finite = self.micro_batches, self._finite
+        self.micro_batches, self._finite = 0, True
+        if finite:
+            return float(self.apply(Tensor(float(micro_batches), ms.float32)).asnumpy())
+        self.clear()
+        if self._restore is not None:
+            self._restore()
+        return None
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        # Adam reads the rate from this Parameter inside the compiled graph.
+        self.optimizer.learning_rate.set_data(Tensor(learning_rate, ms.float32))
+
+
+def build_update(model: nn.Cell, optim: OptimConfig, world_size: int = 1) -> Update:
+    """The optimizer update of `model` (a network mapping (features, lengths) to (logits,
+    lengths)) with CTC loss, as `optim` sets it up; `world_size` > 1 averages gradients over
+    the data-parallel ranks (call after the collectives are initialised)."""
+    return Update(model, optim, world_size)

@@ -4,32 +4,29 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
-import mindspore as ms
-from mindspore import ParameterTuple, Tensor, nn
-
+from mindaudio.checkpoint import (CheckpointManager, TrainState, load_checkpoint, load_model_weights,
+                                  restore_training, state_at_step,
+                                  training_parameters)
 from mindaudio.config import Config, check_files
 from mindaudio.data.augment import Augmentation
-from mindaudio.data.dataset import Split, build_dataset, load_split, make_sampler
+from mindaudio.data.dataset import build_dataset, load_split, make_sampler
 from mindaudio.data.features import hop_size
 from mindaudio.data.statistics import manifest_statistics
 from mindaudio.data.text import CharTokenizer
 from mindaudio.evaluation import evaluate_split
 from mindaudio.models.build import build_model
 from mindaudio.models.deepspeech2 import output_length
-from mindaudio.models.loss import NetWithCTCLoss
-from mindaudio.checkpoint import (CheckpointManager, TrainState, load_checkpoint, load_model_weights,
-                                  restore_training, state_at_step, training_parameters)
 from mindaudio.runtime.collectives import CollectiveError, check_same_on_all_ranks, mean_over_ranks
-from mindaudio.training.plot import plot_training_log
 from mindaudio.runtime.device import Runtime, setup_runtime
-from mindaudio.training.train_step import (AccumulateGradients, ApplyGradients, ClearGradients,
-                                           make_accumulators)
+from mindaudio.training.plot import plot_training_log
+from mindaudio.training.run_lock import RunLock
+from mindaudio.training.train_step import build_update
 from mindaudio.training.validation import validate_shared
 
 logger = logging.getLogger(__name__)
@@ -44,6 +41,9 @@ class TrainResult:
     best_checkpoint: Optional[str]
     log_path: str
     is_main: bool = True  # False on data-parallel ranks other than 0, which write nothing
+    # (audio path, reason) of every utterance the dataset could not use, once each (this process's
+    # share under data parallel); their batches' steps were skipped.
+    skipped_utterances: List[Tuple[str, str]] = field(default_factory=list)
 
 
 def learning_rate_for_epoch(config: Config, epoch: int) -> float:
@@ -74,12 +74,24 @@ class Trainer:
 
     def __init__(self, config: Config, progress: bool = True):
         self.config = config
-        train_cfg, ckpt_cfg, optim = config.TrainingConfig, config.CheckpointConfig, config.OptimConfig
+        self.progress = progress
+        train_cfg, ckpt_cfg = config.TrainingConfig, config.CheckpointConfig
         check_files(config, ["TrainingConfig.train_manifest", "TrainingConfig.val_manifest", "Pretrained_model",
                             "CheckpointConfig.resume_from"])
         self.runtime: Runtime = setup_runtime(config.runtime, train_cfg.seed, log_dir=ckpt_cfg.ckpt_path)
-        self.progress = progress and self.runtime.is_main
-        self.tokenizer = CharTokenizer(config.labels)
+        # Rank 0 writes every file of the run; it holds the directory until the run ends.
+        self.lock = RunLock(ckpt_cfg.ckpt_path).acquire() if self.runtime.is_main else None
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self) -> None:
+        config = self.config
+        train_cfg, ckpt_cfg, optim = config.TrainingConfig, config.CheckpointConfig, config.OptimConfig
+        self.progress = self.progress and self.runtime.is_main
+        self.tokenizer = CharTokenizer.from_config(config)
 
         # Training batches only: validation and evaluation never augment.
         self.augmentation = Augmentation.from_config(config.AugmentationConfig, config.SpectConfig.sample_rate,
@@ -107,20 +119,11 @@ class Trainer:
         # the model (a resumed or pretrained checkpoint's own values replace them).
         statistics = (manifest_statistics(train_cfg.train_manifest, config.SpectConfig)
                       if config.SpectConfig.normalisation == "fixed" else None)
-        self.model = build_model(config, train_cfg.batch_size, seed=train_cfg.seed,
-                                 feature_statistics=statistics)
-        loss_net = NetWithCTCLoss(self.model)
-        weights = ParameterTuple(self.model.trainable_params())
-        self.optimizer = nn.Adam(weights, learning_rate=learning_rate_for_epoch(config, 0), beta1=optim.betas[0],
-                                 beta2=optim.betas[1], eps=optim.epsilon, weight_decay=optim.weight_decay)
-        accumulators = make_accumulators(weights)
-        reducer = None
-        if self.runtime.distributed:
-            reducer = nn.DistributedGradReducer(weights, mean=True, degree=self.runtime.world_size)
-        self.accumulate = AccumulateGradients(loss_net, weights, accumulators, optim.loss_scale, reducer)
-        self.apply = ApplyGradients(self.optimizer, accumulators, optim.loss_scale, optim.max_grad_norm)
-        self.clear = ClearGradients(accumulators)
-        self.accumulate.set_train(True)
+        self.model = build_model(config, seed=train_cfg.seed, feature_statistics=statistics)
+        self.update = build_update(self.model, optim, self.runtime.world_size if self.runtime.distributed else 1)
+        self.optimizer = self.update.optimizer
+        # Utterances the dataset could not use: path -> reason, for the run's summary.
+        self.skipped_utterances: Dict[str, str] = {}
 
         self.checkpoints = CheckpointManager(ckpt_cfg.ckpt_path, ckpt_cfg.ckpt_file_name_prefix,
                                              ckpt_cfg.keep_checkpoint_max)
@@ -128,6 +131,11 @@ class Trainer:
         self.state = self._initial_state()
         if self.runtime.distributed:
             self._check_ranks_agree()
+
+    def close(self) -> None:
+        """Release the checkpoint directory (idempotent; `run` does it when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _initial_state(self) -> TrainState:
         """Resume from `resume_from`, else from the newest checkpoint that reads back intact when
@@ -204,49 +212,62 @@ class Trainer:
                     f"silent for longer than MS_NODE_TIMEOUT, 30 s by default); see the other ranks' "
                     f"output for the cause. Resume from the last checkpoint.") from err
             raise
+        finally:
+            self.close()
+
+    def _report_problems(self, problems, reported: int, epoch_skipped: Dict[str, str]) -> int:
+        """Warn once per utterance the dataset newly recorded as unusable; returns how many of
+        `problems` are reported now."""
+        fresh = list(problems)[reported:]
+        for path, reason in fresh:
+            logger.warning("utterance skipped (its batch's step is skipped): %s: %s", path, reason)
+            epoch_skipped[path] = reason
+            self.skipped_utterances[path] = reason
+        return reported + len(fresh)
 
     def _run(self) -> TrainResult:
         cfg = self.config.TrainingConfig
         ckpt_every = self.config.CheckpointConfig.save_checkpoint_steps
         last_path = None
         seconds_per_frame = hop_size(self.config.SpectConfig) / self.config.SpectConfig.sample_rate
+        update = self.update
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
             lr = learning_rate_for_epoch(self.config, epoch)
-            # Adam reads the rate from this Parameter inside the compiled graph.
-            self.optimizer.learning_rate.set_data(Tensor(lr, ms.float32))
+            update.set_learning_rate(lr)
             batches = self.sampler.batches(epoch, start=self.state.batches_done)
             total = len(self.sampler)
             dataset = build_dataset(self.train_split, self.config.SpectConfig, batches,
                                     self.tokenizer.blank_id, cfg.num_workers,
                                     augmentation=self.augmentation, epoch=epoch)
+            # The dataset records (path, reason) of audio it cannot use, and fills that
+            # utterance's features with NaN so that its step is skipped.
+            problems, reported, epoch_skipped = dataset.problems, 0, {}
             bar = tqdm(total=total, initial=self.state.batches_done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="batch", disable=not self.progress, dynamic_ncols=True)
-            epoch_losses, window_audio, window_start = [], 0.0, time.perf_counter()
-            micro, all_finite, pending_losses = 0, True, []
+            window_audio, window_start = 0.0, time.perf_counter()
+            pending_losses = []
             for batch in dataset.create_tuple_iterator(num_epochs=1):
                 features, feature_lengths, labels, label_lengths, _ = batch
-                loss, finite = self.accumulate(features, feature_lengths, labels, label_lengths)
-                micro += 1
-                all_finite = all_finite and bool(finite.asnumpy())
-                pending_losses.append(float(loss.asnumpy()))
+                loss, _ = update.add_micro_batch(features, feature_lengths, labels, label_lengths)
+                pending_losses.append(loss)
                 window_audio += float(feature_lengths.asnumpy().sum()) * seconds_per_frame
                 self.state.batches_done += 1
                 bar.update(1)
-                if micro < cfg.accumulation_steps and self.state.batches_done < total:
+                reported = self._report_problems(problems, reported, epoch_skipped)
+                if update.micro_batches < cfg.accumulation_steps and self.state.batches_done < total:
                     continue
-                if all_finite:
-                    grad_norm = float(self.apply(Tensor(float(micro), ms.float32)).asnumpy())
+                grad_norm = update.finish()
+                if grad_norm is not None:
                     self.state.global_step += 1
-                    epoch_losses.extend(pending_losses)
+                    self._add_epoch_losses(pending_losses)
                 else:
-                    self.clear()
                     grad_norm = math.nan
                     self.state.skipped_steps += 1
                     logger.warning("step skipped: loss or gradients not finite (%d skipped so far)",
                                    self.state.skipped_steps)
                 step_loss = float(np.mean(pending_losses))
-                micro, all_finite, pending_losses = 0, True, []
+                pending_losses = []
                 elapsed = time.perf_counter() - window_start
                 speed = window_audio / elapsed if elapsed > 0 else 0.0
                 bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{speed:.1f}")
@@ -262,18 +283,38 @@ class Trainer:
                 if ckpt_every and self.state.global_step % ckpt_every == 0 and self.state.batches_done < total:
                     last_path = self._save()
             bar.close()
-            last_path = self._end_epoch(epoch, lr, epoch_losses) or last_path
+            self._report_problems(problems, reported, epoch_skipped)
+            last_path = self._end_epoch(epoch, lr, epoch_skipped) or last_path
         best = self.checkpoints.best_path if os.path.exists(self.checkpoints.best_path) else None
         if self.runtime.is_main:
             plot_training_log(self.log.path)
-        return TrainResult(self.state, last_path, best, self.log.path, self.runtime.is_main)
+        skipped = sorted(self.skipped_utterances.items())
+        if skipped:
+            print(f"{len(skipped)} utterance(s) skipped: unreadable audio "
+                  f"({', '.join(path for path, _ in skipped[:3])}{' ...' if len(skipped) > 3 else ''})")
+        return TrainResult(self.state, last_path, best, self.log.path, self.runtime.is_main, skipped)
 
-    def _end_epoch(self, epoch: int, lr: float, losses) -> Optional[str]:
-        record = {"kind": "epoch", "epoch": epoch, "step": self.state.global_step, "lr": lr,
-                  "train_loss": float(np.mean(losses)) if losses else math.nan,
-                  "skipped_steps": self.state.skipped_steps}
+    def _add_epoch_losses(self, losses: List[float]) -> None:
+        """Add an applied update's micro-batch losses to the epoch's running sum. The sum lives
+        in the train state (so a resumed epoch's mean still covers the whole epoch) and is kept
+        in float32, the precision a checkpoint stores it in, so a resumed run's mean is exactly
+        an uninterrupted run's."""
+        total = np.float32(self.state.epoch_loss_sum)
+        for loss in losses:
+            total = np.float32(total + np.float32(loss))
+        self.state.epoch_loss_sum = float(total)
+        self.state.epoch_loss_count += len(losses)
+
+    def _end_epoch(self, epoch: int, lr: float, skipped: Dict[str, str]) -> Optional[str]:
+        state = self.state
+        train_loss = state.epoch_loss_sum / state.epoch_loss_count if state.epoch_loss_count else math.nan
+        record = {"kind": "epoch", "epoch": epoch, "step": state.global_step, "lr": lr,
+                  "train_loss": train_loss, "skipped_steps": state.skipped_steps,
+                  "skipped_utterances": len(skipped)}
         if self.runtime.distributed:
             record["train_loss"] = float(mean_over_ranks([record["train_loss"]])[0])
+        if skipped:
+            print(f"epoch {epoch + 1}: {len(skipped)} utterance(s) skipped: unreadable audio")
         val_wer = None
         if self.val_split is not None:
             if self.runtime.distributed:
@@ -288,11 +329,12 @@ class Trainer:
             if self.runtime.is_main:
                 print(f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
                       f"validation WER {val_wer:.2f}% CER {val_cer:.2f}%")
-        self.state.epoch = epoch + 1
-        self.state.batches_done = 0
-        improved = val_wer is not None and val_wer < self.state.best_wer
+        state.epoch = epoch + 1
+        state.batches_done = 0
+        state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+        improved = val_wer is not None and val_wer < state.best_wer
         if improved:
-            self.state.best_wer = val_wer
+            state.best_wer = val_wer
         path = self._save()
         if improved:
             self._save(best=True)
