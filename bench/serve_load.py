@@ -62,7 +62,7 @@ def random_checkpoint(config_path: str, out_dir: str) -> str:
     from mindaudio.config import load_config
     from mindaudio.models.build import build_model
 
-    model = build_model(load_config(config_path, {}), 1, seed=0)
+    model = build_model(load_config(config_path, {}), seed=0)
     path = os.path.join(out_dir, "random.ckpt")
     save_atomic(path, [(p.name, p) for p in model.get_parameters()])
     return path

@@ -72,6 +72,10 @@ class SpectConfig:
     # with "log" a change of loudness is a constant shift that per-bin normalisation removes,
     # whereas log1p turns quiet speech nearly linear and changes its shape.
     log_magnitude: str = "log1p"
+    # "utterance": mean/std of each recording (one pair in compat mode, per bin otherwise): needs
+    # the whole recording. "fixed": per-bin statistics estimated once on the training manifest,
+    # stored in the model (`feature_mean`, `feature_std`) and applied by it: streaming needs this.
+    normalisation: str = "utterance"
 
 
 @dataclass
@@ -108,7 +112,10 @@ class ModelConfig:
     rnn_type: str = "LSTM"
     hidden_size: int = 1024
     hidden_layers: int = 5
-    # Kept from the original; only a unidirectional model would use a lookahead layer.
+    # False: forward-only LSTMs followed by a lookahead (row) convolution over this many future
+    # output frames (DeepSpeech2 paper, section 3.5), the model `mindaudio.streaming` runs chunk
+    # by chunk. True (the original's): both directions summed; lookahead_context is then unused.
+    bidirectional: bool = True
     lookahead_context: int = 20
     # True: results do not depend on padding. False: the original's computation (the backward
     # LSTM reads the padding first; convolution outputs are not zeroed beyond each length).
@@ -217,6 +224,7 @@ MODES = ("GRAPH", "PYNATIVE")
 
 _CHOICES = {
     "ModelConfig.rnn_type": ("LSTM",),
+    "SpectConfig.normalisation": ("utterance", "fixed"),
     "EvalConfig.decoder_type": ("greedy", "beam"),
     "RuntimeConfig.device_target": DEVICE_TARGETS,
     "RuntimeConfig.mode": MODES,
@@ -371,6 +379,8 @@ def validate(config: Config) -> None:
              f"must be >= 0, got {config.runtime.device_id}")
     _require(m.hidden_size >= 1 and m.hidden_layers >= 1, config, "ModelConfig",
              "hidden_size and hidden_layers must be >= 1")
+    _require(m.lookahead_context >= 0, config, "ModelConfig.lookahead_context",
+             f"must be >= 0 (future output frames), got {m.lookahead_context}")
     _require(o.learning_rate > 0, config, "OptimConfig.learning_rate", "must be > 0")
     _require(o.learning_anneal >= 1.0, config, "OptimConfig.learning_anneal",
              "must be >= 1 (the rate is divided by it every epoch)")

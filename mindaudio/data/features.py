@@ -86,6 +86,15 @@ def padding_mode(spect: SpectConfig) -> str:
     return "constant" if spect.original_compat else "reflect"
 
 
+def frames_magnitude(frames: np.ndarray, spect: SpectConfig) -> np.ndarray:
+    """|rfft| of windowed frames: frames (n, n_fft) float32 samples -> float32 (freq, n).
+    The one place the per-frame spectrum is computed (offline and streamed features share it)."""
+    windowed = frames * analysis_window(spect).astype(np.float32)
+    # scipy's FFT stays in float32 (numpy's would upcast to float64 and be ~2x slower).
+    spectrum = scipy.fft.rfft(windowed, n=fft_size(spect), axis=1)
+    return np.abs(spectrum).T.astype(np.float32, copy=False)
+
+
 def magnitude_spectrogram(signal: np.ndarray, spect: SpectConfig) -> np.ndarray:
     """|STFT| of a mono signal: float32 (freq, frames), frames centred by n_fft // 2 samples of
     padding on each side (`padding_mode`: zeros in compat mode, else reflection)."""
@@ -96,10 +105,7 @@ def magnitude_spectrogram(signal: np.ndarray, spect: SpectConfig) -> np.ndarray:
     frames_count = num_frames(signal.shape[0], spect)
     padded = np.pad(signal, n_fft // 2, mode=padding_mode(spect))
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:frames_count]
-    windowed = frames * analysis_window(spect).astype(np.float32)
-    # scipy's FFT stays in float32 (numpy's would upcast to float64 and be ~2x slower).
-    spectrum = scipy.fft.rfft(windowed, n=n_fft, axis=1)
-    return np.abs(spectrum).T.astype(np.float32, copy=False)
+    return frames_magnitude(frames, spect)
 
 
 def normalise(spectrogram: np.ndarray, per_bin: bool) -> np.ndarray:
@@ -120,16 +126,22 @@ def normalise(spectrogram: np.ndarray, per_bin: bool) -> np.ndarray:
     return ((values - mean) / std).astype(np.float32)
 
 
-def log_spectrogram(signal: np.ndarray, spect: SpectConfig) -> np.ndarray:
-    """Normalised log-magnitude spectrogram of a mono signal at `spect.sample_rate`.
+def log_of_magnitude(magnitude: np.ndarray, spect: SpectConfig) -> np.ndarray:
+    """log1p(|X|) in compat mode; otherwise as `spect.log_magnitude` says (log1p or
+    log(|X| + LOG_FLOOR)). Elementwise, float32 in and out."""
+    if spect.original_compat or spect.log_magnitude == "log1p":
+        return np.log1p(magnitude)
+    return np.log(magnitude + LOG_FLOOR)
 
-    log1p(|X|) in compat mode; otherwise as `spect.log_magnitude` says (log1p or log(|X| + LOG_FLOOR)).
+
+def log_spectrogram(signal: np.ndarray, spect: SpectConfig) -> np.ndarray:
+    """The model's input features of a mono signal at `spect.sample_rate`: log-magnitude
+    spectrogram (`log_of_magnitude`), normalised per utterance (`SpectConfig.normalisation:
+    utterance`) or left as is for a model that normalises with fixed statistics itself (`fixed`).
 
     signal: (samples,) float in [-1, 1]; returns float32 (num_freq_bins, num_frames).
     """
-    magnitude = magnitude_spectrogram(signal, spect)
-    if spect.original_compat or spect.log_magnitude == "log1p":
-        log_magnitude = np.log1p(magnitude)
-    else:
-        log_magnitude = np.log(magnitude + LOG_FLOOR)
+    log_magnitude = log_of_magnitude(magnitude_spectrogram(signal, spect), spect)
+    if spect.normalisation == "fixed":
+        return log_magnitude
     return normalise(log_magnitude, per_bin=not spect.original_compat)

@@ -47,7 +47,7 @@ def build_service(config: Config, checkpoint: str, device: str, limits: Optional
     seconds, for bidirectional models); see `mindaudio.serving.live`.
     """
     limits = limits or Limits()
-    model = build_model(config, 1)
+    model = build_model(config)
     load_model_weights(model, checkpoint)
     decoder = build_decoder(config)
     masked = config.ModelConfig.masked

@@ -17,6 +17,7 @@ from mindaudio.config import Config, check_files
 from mindaudio.data.augment import Augmentation
 from mindaudio.data.dataset import build_dataset, load_split, make_sampler
 from mindaudio.data.features import hop_size
+from mindaudio.data.statistics import manifest_statistics
 from mindaudio.data.text import CharTokenizer
 from mindaudio.evaluation import evaluate_split
 from mindaudio.models.build import build_model
@@ -114,7 +115,11 @@ class Trainer:
             if self.val_split is not None:
                 print(self.val_split.summary())
 
-        self.model = build_model(config, seed=train_cfg.seed)
+        # SpectConfig.normalisation fixed: per-bin statistics of the training recordings, stored in
+        # the model (a resumed or pretrained checkpoint's own values replace them).
+        statistics = (manifest_statistics(train_cfg.train_manifest, config.SpectConfig)
+                      if config.SpectConfig.normalisation == "fixed" else None)
+        self.model = build_model(config, seed=train_cfg.seed, feature_statistics=statistics)
         self.update = build_update(self.model, optim, self.runtime.world_size if self.runtime.distributed else 1)
         self.optimizer = self.update.optimizer
         # Utterances the dataset could not use: path -> reason, for the run's summary.
