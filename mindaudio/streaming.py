@@ -344,6 +344,15 @@ class StreamingRecogniser:
         self._lstm.drop_before(last)
 
 
+def is_streamable(config: Config) -> bool:
+    """Whether `config` describes a model the streaming recogniser can run (see below)."""
+    try:
+        check_streamable_config(config)
+    except StreamingError:
+        return False
+    return True
+
+
 def check_streamable_config(config: Config) -> None:
     """StreamingError naming the yaml and key when `config` describes a model that cannot stream
     (checked before any model is built)."""

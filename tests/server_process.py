@@ -27,7 +27,7 @@ def save_tiny_model(work: Path, config_dict: dict):
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     config_path = work / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config_dict))
-    model = build_model(config_from_dict(config_dict, source="tiny"), 1, seed=4)
+    model = build_model(config_from_dict(config_dict, source="tiny"), seed=4)
     checkpoint = work / "tiny.ckpt"
     save_atomic(str(checkpoint), [(p.name, p) for p in model.get_parameters()])
     model.set_train(False)

@@ -479,3 +479,41 @@ def test_serve_py_mistakes_end_in_one_line(tiny_model, tmp_path):
                               f"--port {port}", "in use")
     assert_one_line_error(run_serve("-c", config, "--checkpoint", checkpoint, "--host", "no.such.host.invalid"),
                           "--host no.such.host.invalid")
+
+
+def test_a_streaming_model_is_served_by_the_streaming_recogniser(speech, tmp_path):
+    """A unidirectional, fixed-normalisation checkpoint: serve.py's service drives each live stream
+    with `mindaudio.streaming.StreamingRecogniser`, and its final transcript is the recogniser's
+    own on the same samples."""
+    from mindaudio.serving.service import build_service
+    from mindaudio.streaming import build_streaming_recogniser
+
+    streaming = {"ModelConfig": {"hidden_size": 32, "hidden_layers": 1, "bidirectional": False,
+                                 "lookahead_context": 3},
+                 "SpectConfig": {"normalisation": "fixed"}}
+    config_path, checkpoint, _ = save_tiny_model(tmp_path, streaming)
+    config = config_from_dict(streaming, source=str(config_path))
+    service = build_service(config, str(checkpoint), "CPU")
+    assert service.description["stream"]["partials"] == "incremental streaming recogniser"
+    samples, rate = sf.read(str(speech["short"]), dtype="int16")  # 16 kHz: the model's rate
+    partials = []
+
+    async def run():
+        async def sink(text):
+            partials.append(text)
+        session = service.sessions(rate, sink, Limits())
+        for start in range(0, len(samples), 2560):  # 160 ms chunks
+            await session.feed(pcm_to_float(samples[start:start + 2560].astype("<i2").tobytes()))
+        final = await session.finish()
+        await session.close()
+        return final
+
+    try:
+        final = asyncio.run(run())
+    finally:
+        service.close()
+    offline = build_streaming_recogniser(config, str(checkpoint))
+    offline.feed(pcm_to_float(samples.astype("<i2").tobytes()))
+    expected = offline.finish()
+    assert expected and final.text == expected  # a random model still emits characters
+    assert final.duration == pytest.approx(len(samples) / rate)

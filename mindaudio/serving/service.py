@@ -11,9 +11,10 @@ from mindaudio.data.features import fft_size
 from mindaudio.decoding.select import build_decoder
 from mindaudio.models.build import build_model
 from mindaudio.serving.audio import PCM_FORMAT, Limits
-from mindaudio.serving.live import SessionFactory, redecoding_factory
+from mindaudio.serving.live import SessionFactory, incremental_factory, redecoding_factory
 from mindaudio.serving.recognition import Recognizer
 from mindaudio.serving.worker import ModelWorker
+from mindaudio.streaming import StreamingRecogniser, is_streamable
 
 
 @dataclass
@@ -43,8 +44,9 @@ def build_service(config: Config, checkpoint: str, device: str, limits: Optional
     """Load `checkpoint` (a path or an http(s) URL) into the model `config` describes, start the
     model worker (compiling the first graph) and describe it all.
 
-    sessions: how live streams are recognised (default: re-decoding every `partial_interval`
-    seconds, for bidirectional models); see `mindaudio.serving.live`.
+    sessions: how live streams are recognised (default: a streaming recogniser per stream when the
+    model can stream, see `mindaudio.streaming`; else re-decoding the audio so far every
+    `partial_interval` seconds, for bidirectional models); see `mindaudio.serving.live`.
     """
     limits = limits or Limits()
     model = build_model(config)
@@ -53,6 +55,9 @@ def build_service(config: Config, checkpoint: str, device: str, limits: Optional
     masked = config.ModelConfig.masked
     worker = ModelWorker(model, masked=masked, max_batch=max_batch, batch_wait=batch_wait)
     recognizer = Recognizer(worker, config.SpectConfig, decoder, chunk_seconds, context_seconds)
+    if sessions is None and is_streamable(config):
+        sessions = incremental_factory(
+            recognizer, lambda: StreamingRecogniser(model, config.SpectConfig, decoder=decoder))
     parameters = sum(int(p.size) for p in model.get_parameters())
     bidirectional = bool(getattr(model, "bidirectional", True))
     description = {
