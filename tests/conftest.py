@@ -28,6 +28,18 @@ def librispeech_mini() -> Path:
     return DATA_DIR / "librispeech_mini" / "LibriSpeech"
 
 
+@pytest.fixture(scope="module")
+def short_manifest(librispeech_mini, tmp_path_factory) -> Path:
+    """A manifest of the four short utterances `corpus.SHORT_IDS`, for tests that train."""
+    from corpus import SHORT_IDS
+    from mindaudio.data.librispeech import extracted_utterances
+    from mindaudio.data.manifest import write_manifest_with_transcripts
+
+    utterances = [u for u in extracted_utterances(librispeech_mini) if u.id in SHORT_IDS]
+    assert len(utterances) == len(SHORT_IDS)
+    return write_manifest_with_transcripts(tmp_path_factory.mktemp("corpus"), utterances)
+
+
 @pytest.fixture(scope="session")
 def digits_corpus() -> Path:
     """The shipped spoken-digits corpus: `labels.tsv` and `recordings/*.flac` (8 kHz mono)."""

@@ -6,6 +6,10 @@ written to manifests with `mindaudio.data.manifest.write_manifest_with_transcrip
 from pathlib import Path
 from typing import Optional
 
+# Four short LibriSpeech utterances (2.7-5.5 s) of the bundled sample: tests that train stay at
+# seconds per step.
+SHORT_IDS = ("1089-134686-0001", "1089-134686-0037", "1988-24833-0000", "1988-24833-0001")
+
 
 def small_config_dict(train_manifest: Path, ckpt_dir: Path, val_manifest: Optional[Path] = None,
                       **sections) -> dict:

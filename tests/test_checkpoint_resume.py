@@ -6,7 +6,6 @@ import os
 import threading
 
 import numpy as np
-import pytest
 
 import mindaudio  # noqa: F401  (before mindspore)
 import mindspore as ms
@@ -15,18 +14,10 @@ from corpus import small_config_dict
 from mindaudio.checkpoint import (CACHE_ENV, CheckpointManager, TrainState, load_checkpoint, save_atomic,
                                   training_parameters)
 from mindaudio.config import config_from_dict
-from mindaudio.data.librispeech import extracted_utterances
-from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.training.trainer import Trainer
 
-SHORT_IDS = ("1089-134686-0001", "1089-134686-0037", "1988-24833-0000", "1988-24833-0001")
 
 
-@pytest.fixture(scope="module")
-def short_manifest(librispeech_mini, tmp_path_factory):
-    utterances = [u for u in extracted_utterances(librispeech_mini) if u[0] in SHORT_IDS]
-    assert len(utterances) == len(SHORT_IDS)
-    return write_manifest_with_transcripts(tmp_path_factory.mktemp("corpus"), utterances)
 
 
 def built(config):

@@ -16,6 +16,7 @@ import mindaudio  # noqa: F401  (before mindspore)
 import mindspore as ms
 
 from corpus import small_config_dict
+from edit_distance import levenshtein
 from mindaudio.config import ConfigError, UserError, config_from_dict
 from mindaudio.data.dataset import load_split
 from mindaudio.data.librispeech import extracted_utterances
@@ -27,15 +28,6 @@ from mindaudio.metrics import char_error_rate, word_error_rate
 from mindaudio.models.build import build_model
 
 GOOD_IDS = ("1089-134686-0001", "1089-134691-0000", "1988-24833-0001")
-
-
-def levenshtein(a, b) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
-    return row[-1]
 
 
 # ---------------------------------------------------------------- the original's printed lines

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from edit_distance import levenshtein
 from mindaudio.config import DEFAULT_LABELS
 from mindaudio.decoding.greedy import GreedyDecoder, greedy_ids
 from mindaudio.metrics import ErrorCounts, char_error_rate, error_counts, error_rates, word_error_rate
@@ -64,16 +65,6 @@ def test_mismatched_or_empty_inputs_are_errors():
         word_error_rate(["A", "B"], ["A"])
     with pytest.raises(ValueError, match="no utterances"):
         char_error_rate([], [])
-
-
-def levenshtein(a, b) -> int:
-    """Edit distance by the textbook dynamic programme (independent of jiwer)."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
-    return row[-1]
 
 
 def test_utterance_edit_counts_by_hand_and_by_the_textbook_distance():

@@ -7,7 +7,6 @@ SERVING_SCREENSHOT=FILE.png saves the page as it looks at the end. docs/serving.
 a model that says words: SERVING_TEST_CONFIG, SERVING_TEST_CHECKPOINT and SERVING_TEST_AUDIO (a 16-bit
 WAV, for the upload and the microphone) replace the tiny random model and the LibriSpeech utterance.
 """
-import json
 import os
 import shutil
 import time

@@ -13,22 +13,15 @@ import yaml
 
 import mindaudio  # noqa: F401
 
-from corpus import small_config_dict
+from corpus import SHORT_IDS, small_config_dict
 from mindaudio.config import config_from_dict
 from mindaudio.data.librispeech import extracted_utterances
 from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.checkpoint import CheckpointManager, load_checkpoint
 from mindaudio.training.trainer import learning_rate_for_epoch
 
-# Four short utterances (2.7-5.5 s) keep every test here to seconds per step.
-SHORT_IDS = ("1089-134686-0001", "1089-134686-0037", "1988-24833-0000", "1988-24833-0001")
 
 
-@pytest.fixture(scope="module")
-def short_manifest(librispeech_mini, tmp_path_factory):
-    utterances = [u for u in extracted_utterances(librispeech_mini) if u[0] in SHORT_IDS]
-    assert len(utterances) == len(SHORT_IDS)
-    return write_manifest_with_transcripts(tmp_path_factory.mktemp("corpus"), utterances)
 
 
 def write_yaml(path: Path, data: dict) -> Path:
