@@ -406,6 +406,23 @@ class WholeSoFarRecogniser:
         return self._decode()
 
 
+def drive_session(sessions, samples, rate: int, chunk: int, partials: list):
+    """Run one live session of `sessions` (a SessionFactory) on int16 `samples` at `rate`, fed
+    `chunk` samples at a time as 16-bit PCM; partial transcripts go to `partials`. Returns the
+    session's final Recognition."""
+    async def run():
+        async def sink(text):
+            partials.append(text)
+        session = sessions(rate, sink, Limits())
+        for start in range(0, len(samples), chunk):
+            await session.feed(pcm_to_float(samples[start:start + chunk].astype("<i2").tobytes()))
+        final = await session.finish()
+        await session.close()
+        return final
+
+    return asyncio.run(run())
+
+
 def test_a_streaming_recogniser_plugs_into_live_sessions(tiny_model, speech):
     """IncrementalSession resamples the client's PCM to the model's rate, drives the recogniser on
     the model worker's thread, passes its partials on, and turns its final Hypothesis into words."""
@@ -427,18 +444,8 @@ def test_a_streaming_recogniser_plugs_into_live_sessions(tiny_model, speech):
     samples, rate = sf.read(str(speech["digit_a"]), dtype="int16")  # 8 kHz: resampled to 16 kHz
     partials = []
 
-    async def run():
-        async def sink(text):
-            partials.append(text)
-        session = incremental_factory(recognizer, make)(rate, sink, Limits())
-        for start in range(0, len(samples), 800):
-            await session.feed(pcm_to_float(samples[start:start + 800].astype("<i2").tobytes()))
-        final = await session.finish()
-        await session.close()
-        return final
-
     try:
-        final = asyncio.run(run())
+        final = drive_session(incremental_factory(recognizer, make), samples, rate, 800, partials)
     finally:
         worker.stop()
         recognizer.close()
@@ -498,18 +505,8 @@ def test_a_streaming_model_is_served_by_the_streaming_recogniser(speech, tmp_pat
     samples, rate = sf.read(str(speech["short"]), dtype="int16")  # 16 kHz: the model's rate
     partials = []
 
-    async def run():
-        async def sink(text):
-            partials.append(text)
-        session = service.sessions(rate, sink, Limits())
-        for start in range(0, len(samples), 2560):  # 160 ms chunks
-            await session.feed(pcm_to_float(samples[start:start + 2560].astype("<i2").tobytes()))
-        final = await session.finish()
-        await session.close()
-        return final
-
     try:
-        final = asyncio.run(run())
+        final = drive_session(service.sessions, samples, rate, 2560, partials)  # 160 ms chunks
     finally:
         service.close()
     offline = build_streaming_recogniser(config, str(checkpoint))
