@@ -322,8 +322,10 @@ class Transcriber:
     def _progress_bar(self, path: str, windows: int) -> tqdm:
         stream = self.progress_file if self.progress_file is not None else sys.stderr
         show = self.progress if self.progress is not None else _is_terminal(stream)
+        # A window is seconds of work: redraw after each one (tqdm's default rate limit would
+        # skip the last ones on a fast host, and the bar would never show it finished).
         return tqdm(total=windows, desc=os.path.basename(path), unit="window", file=stream,
-                    disable=not show, leave=False, dynamic_ncols=True)
+                    disable=not show, leave=False, dynamic_ncols=True, mininterval=0, miniters=1)
 
     def _log_probs_streamed(self, path: str, bar: tqdm) -> Tuple[np.ndarray, float, int]:
         buffer = SignalBuffer(stream_mono(path, self.spect.sample_rate))
