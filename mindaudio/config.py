@@ -105,6 +105,12 @@ class AugmentationConfig:
     time_masks: int = 2
     time_mask_width: int = 40
     time_mask_max_fraction: float = 0.2
+    # Vocal tract length perturbation: the magnitude spectrum of each utterance warped along the
+    # frequency axis by a factor drawn uniformly from [vtlp_min, vtlp_max] (>1 moves formants up,
+    # as a shorter vocal tract does), before the log and the normalisation.
+    vtlp: bool = False
+    vtlp_min: float = 0.9
+    vtlp_max: float = 1.1
 
 
 @dataclass
@@ -413,6 +419,8 @@ def _validate_augmentation(config: Config) -> None:
         _require(value >= 0, config, key + name, f"must be >= 0, got {value}")
     _require(0.0 < a.time_mask_max_fraction <= 1.0, config, key + "time_mask_max_fraction",
              f"must be in (0, 1], got {a.time_mask_max_fraction}")
+    _require(0.5 <= a.vtlp_min <= a.vtlp_max <= 2.0, config, key + "vtlp_min",
+             f"warp factors need 0.5 <= vtlp_min <= vtlp_max <= 2, got {a.vtlp_min} and {a.vtlp_max}")
 
 
 # Keys whose value may be an http(s) URL instead of a file.

@@ -13,7 +13,7 @@ from corpus import small_config_dict
 from mindaudio.config import DEFAULT_LABELS, AugmentationConfig, ConfigError, SpectConfig, config_from_dict
 from mindaudio.data.augment import (AugmentError, Augmentation, NoiseBank, SpecAugmentPolicy, apply_gain,
                                     draw_masks, list_noise_files, mix_at_snr, snr_of_noise_level,
-                                    spec_augment, speed_perturb)
+                                    spec_augment, speed_perturb, vtlp_source_positions, vtlp_warp)
 from mindaudio.data.dataset import (DatasetError, PaddedBatchSource, bucket_frames, build_dataset,
                                     load_split, make_sampler)
 from mindaudio.data.features import log_spectrogram, num_frames
@@ -295,11 +295,65 @@ def test_missing_or_empty_noise_dir_is_an_error_naming_the_key(manifest, tmp_pat
     ({"gain_min_db": 3.0, "gain_max_db": -3.0}, "gain_min_db"),
     ({"time_masks": -1}, "time_masks"),
     ({"time_mask_max_fraction": 0.0}, "time_mask_max_fraction"),
+    ({"vtlp_min": 1.2, "vtlp_max": 1.1}, "vtlp_min"),
+    ({"vtlp_min": 0.2}, "vtlp_min"),
 ])
 def test_bad_augmentation_values_name_the_key(manifest, tmp_path, keys, bad):
     data = small_config_dict(manifest, tmp_path / "ckpt", AugmentationConfig=dict(keys, spec_augment=True))
     with pytest.raises(ConfigError, match=f"aug.yaml: AugmentationConfig.{bad}"):
         config_from_dict(data, source="aug.yaml")
+
+
+# ---------------------------------------------------------------- VTLP
+
+
+@pytest.mark.parametrize("alpha", [0.85, 0.9, 1.0, 1.1, 1.15])
+def test_vtlp_warp_is_monotone_and_keeps_the_band_edges(alpha):
+    source = vtlp_source_positions(41, alpha)
+    assert source[0] == 0.0 and source[-1] == pytest.approx(40.0)
+    assert np.all(np.diff(source) > 0)
+    if alpha == 1.0:
+        np.testing.assert_allclose(source, np.arange(41))
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_vtlp_moves_a_tone_to_alpha_times_its_frequency(alpha):
+    # A 1 kHz tone at 8 kHz, 20 ms Hamming frames: 81 bins of 50 Hz, peak on bin 20. Warped by
+    # alpha, its peak (centroid of the five bins around the maximum) must sit at alpha kHz.
+    time = np.arange(160) / 8000.0
+    magnitude = np.abs(np.fft.rfft(np.sin(2 * np.pi * 1000.0 * time) * np.hamming(160)))
+    magnitude = np.repeat(magnitude[:, None], 3, axis=1)  # (81 bins, 3 frames)
+    warped = vtlp_warp(magnitude, alpha)
+
+    def peak_hz(column):
+        top = int(np.argmax(column))
+        near = np.arange(max(top - 2, 0), top + 3)
+        return float(np.sum(near * column[near]) / np.sum(column[near])) * 4000.0 / (column.size - 1)
+
+    assert peak_hz(magnitude[:, 0]) == pytest.approx(1000.0, abs=15)
+    assert peak_hz(warped[:, 0]) == pytest.approx(alpha * 1000.0, abs=20)
+    assert warped.shape == magnitude.shape and warped.dtype == np.float32
+
+
+def test_vtlp_in_training_features_draws_one_factor_per_utterance_from_its_own_stream(utterances):
+    signal, _ = soundfile.read(str(utterances[0][1]), dtype="float32")
+    plain = log_spectrogram(signal, SPECT)
+    warped_aug = augmentation(vtlp=True, vtlp_min=0.9, vtlp_max=1.1, spec_augment=True)
+    masked_only = augmentation(spec_augment=True)
+    rngs = warped_aug.generators(epoch=2, index=7)
+    alpha = float(np.random.default_rng([0x41554735, 5, 2, 7, 4]).uniform(0.9, 1.1))
+    warp = warped_aug.magnitude_warp(rngs)
+    features = log_spectrogram(signal, SPECT, magnitude_warp=warp)
+    assert features.shape == plain.shape and not np.allclose(features, plain)
+    from mindaudio.data.features import log_of_magnitude, magnitude_spectrogram, normalise
+    expected = normalise(log_of_magnitude(vtlp_warp(magnitude_spectrogram(signal, SPECT), alpha), SPECT),
+                         per_bin=not SPECT.original_compat)
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+    # Switching VTLP on does not change SpecAugment's draws.
+    np.testing.assert_array_equal(
+        warped_aug.mask_spectrogram(plain, warped_aug.generators(2, 7)),
+        masked_only.mask_spectrogram(plain, masked_only.generators(2, 7)))
+    assert augmentation(spec_augment=True).magnitude_warp(rngs) is None
 
 
 # ---------------------------------------------------------------- reproducibility

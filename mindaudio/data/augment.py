@@ -1,8 +1,9 @@
-"""Training-time data augmentation: speed and volume perturbation, noise mixing, SpecAugment.
+"""Training-time data augmentation: speed and volume perturbation, noise mixing, vocal tract length
+perturbation (VTLP), SpecAugment.
 
 Pure numpy, one utterance at a time, in the order the original's ancestor (deepspeech.pytorch)
-applied them: speed and gain on the waveform, then noise, then features, then SpecAugment on the
-normalised log spectrogram. Every random choice comes from an explicit `np.random.Generator`.
+applied them: speed and gain on the waveform, then noise, then features (VTLP warps the magnitude
+spectrogram inside them, before the log), then SpecAugment on the normalised log spectrogram. Every random choice comes from an explicit `np.random.Generator`.
 
 `Augmentation` bundles the effects `AugmentationConfig` switches on. Its `generators(epoch, index)`
 derive one generator per effect from (seed, epoch, utterance index) alone, so an epoch's augmented
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile
@@ -25,7 +26,8 @@ from mindaudio.data.audio import resample
 
 NOISE_EXTENSIONS = (".wav", ".flac")
 
-EFFECTS = ("speed", "gain", "noise", "spec_augment")
+# Appended, never reordered: an effect's position seeds its generator (see `generators`).
+EFFECTS = ("speed", "gain", "noise", "spec_augment", "vtlp")
 
 # First word of every augmentation seed, so these streams never coincide with the sampler's
 # Generator([seed, epoch]) or any other seeded stream of the project.
@@ -117,6 +119,45 @@ def spec_augment(spectrogram: np.ndarray, policy: SpecAugmentPolicy, rng: np.ran
     if length == frames:
         return masked
     return np.concatenate([masked, spectrogram[:, length:]], axis=1)
+
+
+# ---------------------------------------------------------------- VTLP
+
+# Fraction of the Nyquist frequency up to which VTLP scales frequencies linearly (for warp
+# factors <= 1; above 1 the bend comes earlier so that no frequency leaves the band). Jaitly and
+# Hinton (2013) bend at 4.8 of 8 kHz; bending later keeps more of the narrow 4 kHz band of 8 kHz
+# audio in the linear part.
+VTLP_BOUNDARY = 0.8
+
+
+def vtlp_source_positions(freq_bins: int, alpha: float, boundary: float = VTLP_BOUNDARY) -> np.ndarray:
+    """For each output bin of a VTLP warp by `alpha`, the (fractional) input bin it reads.
+
+    The warp maps input frequency f (as a fraction of Nyquist) to alpha * f up to
+    b = boundary * min(alpha, 1) / alpha, then linearly to the Nyquist frequency, which stays put:
+    continuous, increasing, 0 -> 0 and 1 -> 1. Returns float64 (freq_bins,) in [0, freq_bins - 1].
+    """
+    if alpha <= 0:
+        raise AugmentError(f"VTLP warp factor must be > 0, got {alpha}")
+    if freq_bins < 2:
+        return np.zeros(freq_bins)
+    inputs = np.linspace(0.0, 1.0, freq_bins)
+    bend = boundary * min(alpha, 1.0) / alpha
+    warped = np.where(inputs <= bend, alpha * inputs,
+                      alpha * bend + (1.0 - alpha * bend) * (inputs - bend) / (1.0 - bend))
+    return np.interp(inputs, warped, inputs) * (freq_bins - 1)
+
+
+def vtlp_warp(magnitude: np.ndarray, alpha: float, boundary: float = VTLP_BOUNDARY) -> np.ndarray:
+    """A (freq, frames) magnitude spectrogram whose frequency axis is warped by `alpha`: what the
+    input holds at frequency f appears at about alpha * f (>1: formants move up, as from a shorter
+    vocal tract). Linear interpolation between neighbouring bins; float32, same shape."""
+    magnitude = np.asarray(magnitude, dtype=np.float32)
+    source = vtlp_source_positions(magnitude.shape[0], alpha, boundary)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, magnitude.shape[0] - 1)
+    weight = (source - low).astype(np.float32)[:, None]
+    return (1.0 - weight) * magnitude[low] + weight * magnitude[high]
 
 
 # ---------------------------------------------------------------- waveform perturbations
@@ -264,7 +305,8 @@ class Augmentation:
     speeds: speed factors drawn uniformly per utterance (empty: no speed or gain perturbation);
     gain_db: (low, high) dB, uniform, applied with the speed; noise: files to mix in with
     probability noise_prob at a noise level uniform in noise_levels (noise RMS / speech RMS, see
-    `snr_of_noise_level`); spec_policy: SpecAugment masks (None: no masking).
+    `snr_of_noise_level`); spec_policy: SpecAugment masks (None: no masking); vtlp_range: (low,
+    high) VTLP warp factor, uniform (None: no warping).
     """
     sample_rate: int
     seed: int
@@ -274,6 +316,7 @@ class Augmentation:
     noise_prob: float = 0.0
     noise_levels: Tuple[float, float] = (0.0, 0.0)
     spec_policy: Optional[SpecAugmentPolicy] = None
+    vtlp_range: Optional[Tuple[float, float]] = None
 
     @classmethod
     def from_config(cls, aug, sample_rate: int, seed: int) -> Optional["Augmentation"]:
@@ -290,12 +333,14 @@ class Augmentation:
         if aug.spec_augment:
             policy = SpecAugmentPolicy(aug.freq_masks, aug.freq_mask_width, aug.time_masks,
                                        aug.time_mask_width, aug.time_mask_max_fraction)
-        if not speeds and noise is None and policy is None:
+        vtlp_range = (float(aug.vtlp_min), float(aug.vtlp_max)) if aug.vtlp else None
+        if not speeds and noise is None and policy is None and vtlp_range is None:
             return None
         return cls(sample_rate=int(sample_rate), seed=int(seed), speeds=speeds,
                    gain_db=(float(aug.gain_min_db), float(aug.gain_max_db)), noise=noise,
                    noise_prob=float(aug.noise_prob),
-                   noise_levels=(float(aug.noise_min), float(aug.noise_max)), spec_policy=policy)
+                   noise_levels=(float(aug.noise_min), float(aug.noise_max)), spec_policy=policy,
+                   vtlp_range=vtlp_range)
 
     @property
     def speed_range(self) -> Tuple[float, float]:
@@ -324,6 +369,15 @@ class Augmentation:
                 signal = mix_at_snr(signal, noise, snr_of_noise_level(level))
         return signal
 
+    def magnitude_warp(self, rngs: Dict[str, np.random.Generator]
+                       ) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+        """This utterance's VTLP as a function of its (freq, frames) magnitude spectrogram, or
+        None without VTLP. The factor is drawn here, once per utterance."""
+        if self.vtlp_range is None:
+            return None
+        alpha = float(rngs["vtlp"].uniform(*self.vtlp_range))
+        return lambda magnitude: vtlp_warp(magnitude, alpha)
+
     def mask_spectrogram(self, spectrogram: np.ndarray, rngs: Dict[str, np.random.Generator]
                          ) -> np.ndarray:
         """SpecAugment over the whole (freq, frames) array, which must be the true length only."""
@@ -334,4 +388,5 @@ class Augmentation:
 
 __all__ = ["AugmentError", "Augmentation", "EFFECTS", "NOISE_EXTENSIONS", "NoiseBank", "NoiseFile",
            "SpecAugmentPolicy", "apply_gain", "apply_masks", "draw_masks", "list_noise_files",
-           "mix_at_snr", "rms", "snr_of_noise_level", "spec_augment", "speed_perturb"]
+           "mix_at_snr", "rms", "snr_of_noise_level", "spec_augment", "speed_perturb", "VTLP_BOUNDARY",
+           "vtlp_source_positions", "vtlp_warp"]

@@ -381,7 +381,8 @@ class PaddedBatchSource:
         try:
             if rngs is not None:
                 signal = self.augmentation.perturb_waveform(signal, rngs)
-            spectrogram = log_spectrogram(signal, self.spect)
+            warp = self.augmentation.magnitude_warp(rngs) if rngs is not None else None
+            spectrogram = log_spectrogram(signal, self.spect, magnitude_warp=warp)
         except Exception as err:  # noqa: BLE001  one file's failure must not end the epoch
             return None, f"cannot compute features: {type(err).__name__}: {err}"
         length = spectrogram.shape[1]

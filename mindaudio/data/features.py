@@ -14,6 +14,8 @@ were tuned on.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import numpy as np
 import scipy.fft
 import scipy.signal
@@ -134,14 +136,20 @@ def log_of_magnitude(magnitude: np.ndarray, spect: SpectConfig) -> np.ndarray:
     return np.log(magnitude + LOG_FLOOR)
 
 
-def log_spectrogram(signal: np.ndarray, spect: SpectConfig) -> np.ndarray:
+def log_spectrogram(signal: np.ndarray, spect: SpectConfig,
+                    magnitude_warp: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
     """The model's input features of a mono signal at `spect.sample_rate`: log-magnitude
     spectrogram (`log_of_magnitude`), normalised per utterance (`SpectConfig.normalisation:
     utterance`) or left as is for a model that normalises with fixed statistics itself (`fixed`).
 
     signal: (samples,) float in [-1, 1]; returns float32 (num_freq_bins, num_frames).
+    magnitude_warp: training augmentation applied to the (freq, frames) magnitude before the log
+    (VTLP, see `data.augment`); it must keep the shape.
     """
-    log_magnitude = log_of_magnitude(magnitude_spectrogram(signal, spect), spect)
+    magnitude = magnitude_spectrogram(signal, spect)
+    if magnitude_warp is not None:
+        magnitude = magnitude_warp(magnitude)
+    log_magnitude = log_of_magnitude(magnitude, spect)
     if spect.normalisation == "fixed":
         return log_magnitude
     return normalise(log_magnitude, per_bin=not spect.original_compat)
