@@ -466,6 +466,7 @@ def step_profile(hidden: int, layers: int, batch_size: int, frames: int, repeats
     forward+backward, on the shapes it sees in a step of `batch_size` x `frames` (ours, masked),
     the optimizer update alone, the whole step, and the data pipeline's CPU time for one batch
     of real speech."""
+    from mindaudio.data.features import num_freq_bins
     from mindaudio.models.deepspeech2 import rnn_input_size
     from mindaudio.models.loss import CTCLoss
 
@@ -480,7 +481,7 @@ def step_profile(hidden: int, layers: int, batch_size: int, frames: int, repeats
     lengths = np.full(batch_size, frames, np.int32)
     out_lengths = np.full(batch_size, out_frames, np.int32)
     x = Tensor(rng.standard_normal((batch_size, 1, int(freq), frames), dtype=np.float32))
-    rnn_in = rnn_input_size(spect.sample_rate, spect.window_size)
+    rnn_in = rnn_input_size(num_freq_bins(spect))
     rnn_x = Tensor(rng.standard_normal((out_frames, batch_size, rnn_in), dtype=np.float32))
     head_x = Tensor(rng.standard_normal((out_frames, batch_size, hidden), dtype=np.float32))
     label_len = out_frames // 4

@@ -76,6 +76,10 @@ class SpectConfig:
     # the whole recording. "fixed": per-bin statistics estimated once on the training manifest,
     # stored in the model (`feature_mean`, `feature_std`) and applied by it: streaming needs this.
     normalisation: str = "utterance"
+    # 0: one row per FFT bin (the original's). N > 0: N triangular mel bands summing the magnitude
+    # spectrum (without original_compat): coarser above ~1 kHz, where bins say more about the
+    # speaker's vocal tract and microphone than about the word.
+    mel_bands: int = 0
 
 
 @dataclass

@@ -30,7 +30,7 @@ from mindspore import ops
 
 from mindaudio.checkpoint import load_model_weights
 from mindaudio.config import Config, SpectConfig, UserError
-from mindaudio.data.features import (fft_size, frames_magnitude, hop_size, log_of_magnitude, num_frames,
+from mindaudio.data.features import (fft_size, frames_magnitude, frequency_bands, hop_size, log_of_magnitude, num_frames,
                                      num_freq_bins, padding_mode)
 from mindaudio.decoding.greedy import greedy_ids
 from mindaudio.decoding.hypothesis import log_softmax, normalise_spaces
@@ -273,7 +273,8 @@ class StreamingRecogniser:
             first, last = self._frames_done, ready
             span = padded.window(first * self.hop, (last - 1) * self.hop + self.n_fft)
             frames = np.lib.stride_tricks.sliding_window_view(span, self.n_fft)[::self.hop][:last - first]
-            log_magnitude = log_of_magnitude(frames_magnitude(frames, self.spect), self.spect)
+            bands = frequency_bands(frames_magnitude(frames, self.spect), self.spect)
+            log_magnitude = log_of_magnitude(bands, self.spect)
             normalised = (log_magnitude - self.mean) / self.std
             self._features.append(normalised[None])
             self._frames_done = last

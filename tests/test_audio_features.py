@@ -9,8 +9,8 @@ import soundfile
 
 from mindaudio.config import SpectConfig
 from mindaudio.data.audio import AudioError, audio_duration, load_audio, resample
-from mindaudio.data.features import (WINDOW_NAMES, check_window, log_spectrogram, num_frames,
-                                     num_freq_bins)
+from mindaudio.data.features import (WINDOW_NAMES, check_mel_bands, check_window, log_spectrogram,
+                                     mel_filterbank, num_frames, num_freq_bins)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,34 @@ def test_non_compat_features_match_librosa_with_per_bin_normalisation(flac_files
     # Per-bin normalisation: every row has zero mean and unit spread.
     np.testing.assert_allclose(features.mean(axis=1), 0.0, atol=1e-5)
     np.testing.assert_allclose(features.std(axis=1), 1.0, atol=1e-4)
+
+
+def test_mel_bands_match_librosa_slaney_free_triangles_on_real_speech(flac_files):
+    # librosa's filterbank with htk=True uses the same mel formula; without its area
+    # normalisation (norm=None) its triangles peak at 1 like ours.
+    spect = SpectConfig(window="hann", original_compat=False, log_magnitude="log", mel_bands=40)
+    reference = librosa.filters.mel(sr=16000, n_fft=320, n_mels=40, fmin=0.0, fmax=8000.0, htk=True, norm=None)
+    np.testing.assert_allclose(mel_filterbank(spect), reference, atol=1e-5)
+    signal, _ = soundfile.read(flac_files[0], dtype="float32")
+    padded = np.pad(signal.astype(np.float64), 160, mode="reflect")
+    magnitude = np.abs(librosa.stft(padded, n_fft=320, hop_length=160, window="hann", center=False))
+    bands = np.log(reference @ magnitude + 1e-6)
+    expected = (bands - bands.mean(axis=1, keepdims=True)) / bands.std(axis=1, keepdims=True)
+    features = log_spectrogram(signal, spect)
+    assert features.shape == (40, num_frames(signal.size, spect)) and num_freq_bins(spect) == 40
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=2e-4)
+
+
+def test_narrow_mel_bands_are_never_empty_and_bad_counts_are_named():
+    # 8 kHz with 10 ms windows: 41 bins of 100 Hz, narrower than the lowest of 30 mel bands' spacing.
+    spect = SpectConfig(sample_rate=8000, window_size=0.01, window_stride=0.01, original_compat=False,
+                        mel_bands=30)
+    weights = mel_filterbank(spect)
+    assert weights.shape == (30, 41) and (weights.max(axis=1) > 0).all()
+    check_mel_bands(spect)
+    for bad, why in ((dict(mel_bands=42), "1-41 bands"), (dict(original_compat=True), "original_compat")):
+        with pytest.raises(ValueError, match=why):
+            check_mel_bands(SpectConfig(**{**spect.__dict__, **bad}))
 
 
 def test_non_compat_windows_differ():

@@ -43,6 +43,14 @@ def test_frame_geometry_too_small_for_the_sample_rate_is_named():
         check_data_config(cfg)
 
 
+def test_mel_bands_the_features_cannot_compute_are_a_config_error_naming_the_key():
+    check_data_config(config(SpectConfig={"original_compat": False, "mel_bands": 40}))
+    for spect, why in (({"original_compat": False, "mel_bands": 500}, "1-161 bands"),
+                       ({"original_compat": True, "mel_bands": 40}, "original_compat: False")):
+        with pytest.raises(ConfigError, match=rf"^data\.yaml: SpectConfig\.mel_bands: .*{why}"):
+            check_data_config(config(SpectConfig=spect))
+
+
 @pytest.mark.parametrize("labels, message", [
     (["A", "A", "_"], "duplicates"),
     (["A", "BC", "_"], "one character"),

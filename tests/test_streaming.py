@@ -217,8 +217,9 @@ def test_streaming_handles_both_frame_paddings_and_reuse(compat, speech, executi
         recogniser.reset()
 
 
-def test_streaming_digits_at_8khz_with_partials_that_grow(digits_corpus):
-    spect = _spect(sample_rate=8000, window_size=0.01, window_stride=0.01)
+@pytest.mark.parametrize("mel_bands", [0, 20])
+def test_streaming_digits_at_8khz_with_partials_that_grow(digits_corpus, mel_bands):
+    spect = _spect(sample_rate=8000, window_size=0.01, window_stride=0.01, mel_bands=mel_bands)
     paths = sorted((digits_corpus / "recordings").glob("*.flac"))
     signals = [load_audio(p, 8000) for p in paths[:12]]
     model = _streaming_model(spect, signals[4:])

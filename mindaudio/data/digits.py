@@ -2,7 +2,7 @@
 
 Run from the repo root:
 
-    python mindaudio/data/digits.py --root_path DIR [--corpus data/digits] [--test_speakers george theo]
+    python mindaudio/data/digits.py --root_path DIR [--corpus data/digits] [--test_speakers theo]
     python mindaudio/data/digits.py --build_corpus_from FSDD  # maintainers: FSDD WAVs -> data/digits FLACs
 
 (WER/CER per speaker of an eval.py report: `python scripts/digits_report.py REPORT.json`.)
@@ -17,14 +17,16 @@ Preparing writes, for each split `train`, `val`, `test`:
 The manifests point at the shipped FLACs (absolute paths); `load_audio` resamples them from 8 kHz
 to the features' rate when batches are built, so nothing is converted here. Splits:
 
-- test: every take of the held-out speakers (default george and theo): voices the model never
-  hears in training, which is what a recogniser meets in use;
+- test: every take of the held-out speakers (default theo; scripts/digits_loso.py holds out each
+  speaker in turn): voices the model never hears in training, which is what a recogniser meets
+  in use;
 - val: takes 0-4 of the other speakers (the dataset's own test takes);
 - train: takes 5-49 of the other speakers.
 
 With five speakers, none can be spared for validation without leaving training too few voices, so
 validation (checkpoint choice) uses unseen takes of the training speakers; the test speakers then
-influence no training decision at all. Running again rewrites nothing that is already right.
+influence no training decision at all. Running again rewrites nothing that is already right
+and removes the transcripts another choice of test speakers left in a split.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ __all__ = ["DEFAULT_CORPUS", "DEFAULT_TEST_SPEAKERS", "SPLITS", "SOURCE_SAMPLE_R
            "split_recordings", "prepare_digits", "build_corpus", "main"]
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "digits"
-DEFAULT_TEST_SPEAKERS = ("george", "theo")
+DEFAULT_TEST_SPEAKERS = ("theo",)
 SPLITS = ("train", "val", "test")
 SOURCE_SAMPLE_RATE = 8000
 LABEL_COLUMNS = ("id", "speaker", "digit", "transcript", "index", "official_split", "frames_8k", "duration_s")
@@ -190,6 +192,12 @@ def prepare_digits(root_path, corpus_dir=DEFAULT_CORPUS, test_speakers: Sequence
             written += write_text_if_changed(split_dir / "txt" / f"{recording.id}.txt", recording.transcript + "\n")
             samples.append({"wav_path": str(corpus / "recordings" / f"{recording.id}.flac"),
                             "txt_path": f"txt/{recording.id}.txt", "duration": recording.duration})
+        # Another choice of test speakers left other speakers' transcripts here: they would join
+        # this split's text (the recipe builds its LM from train/txt).
+        current = {f"{recording.id}.txt" for recording in members}
+        for stale in (split_dir / "txt").glob("*.txt"):
+            if stale.name not in current and _ID_PATTERN.match(stale.stem):
+                stale.unlink()
         manifest = split_dir / f"digits_{split}_manifest.json"
         write_manifest(manifest, split_dir, samples)
         summary.splits.append(SplitSummary(

@@ -55,9 +55,63 @@ def _whole_samples(spect: SpectConfig, key: str, least: int, what: str) -> int:
     return samples
 
 
-def num_freq_bins(spect: SpectConfig) -> int:
-    """Rows of the spectrogram: n_fft // 2 + 1 (161 at 16 kHz with 20 ms windows)."""
+def num_fft_bins(spect: SpectConfig) -> int:
+    """Frequency bins of one frame's rfft: n_fft // 2 + 1 (161 at 16 kHz with 20 ms windows)."""
     return fft_size(spect) // 2 + 1
+
+
+def num_freq_bins(spect: SpectConfig) -> int:
+    """Rows of the model's features: `spect.mel_bands` when set, else the FFT bins."""
+    return spect.mel_bands if spect.mel_bands else num_fft_bins(spect)
+
+
+def hz_to_mel(hz):
+    """Mel scale (O'Shaughnessy's 2595 log10(1 + f / 700)); elementwise."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel):
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def check_mel_bands(spect: SpectConfig) -> None:
+    """ValueError unless `spect.mel_bands` is 0 or a band count this module can compute: 1 to the
+    number of FFT bins, without original_compat (the original's features are FFT bins)."""
+    if spect.mel_bands == 0:
+        return
+    if spect.original_compat:
+        raise ValueError("mel bands need original_compat: False (the original's features are FFT bins)")
+    if not 1 <= spect.mel_bands <= num_fft_bins(spect):
+        raise ValueError(f"must be 0 (FFT bins) or 1-{num_fft_bins(spect)} bands, got {spect.mel_bands}")
+
+
+def mel_filterbank(spect: SpectConfig) -> np.ndarray:
+    """Triangular filters, float32 (mel_bands, fft bins), from 0 Hz to the Nyquist frequency:
+    band k rises from centre k-1 to 1 at centre k and falls to 0 at centre k+1 (centres equally
+    spaced in mel). A band narrower than the FFT's bin spacing is widened to the nearest bin, so
+    none is empty. Peak weight 1 (not area-normalised): a flat spectrum gives equal bands."""
+    bands, bins = spect.mel_bands, num_fft_bins(spect)
+    if bands < 1:
+        raise ValueError(f"a mel filterbank needs mel_bands >= 1, got {bands}")
+    bin_hz = np.linspace(0.0, spect.sample_rate / 2.0, bins)
+    edges_hz = mel_to_hz(np.linspace(0.0, hz_to_mel(spect.sample_rate / 2.0), bands + 2))
+    weights = np.zeros((bands, bins))
+    for k in range(bands):
+        low, centre, high = edges_hz[k:k + 3]
+        rising = (bin_hz - low) / (centre - low)
+        falling = (high - bin_hz) / (high - centre)
+        weights[k] = np.clip(np.minimum(rising, falling), 0.0, None)
+        if not weights[k].any():
+            weights[k, int(np.argmin(np.abs(bin_hz - centre)))] = 1.0
+    return weights.astype(np.float32)
+
+
+def frequency_bands(magnitude: np.ndarray, spect: SpectConfig) -> np.ndarray:
+    """The model's frequency rows of a (fft bins, frames) magnitude spectrogram: itself, or its
+    mel bands (`mel_filterbank` x magnitude) when `spect.mel_bands` is set. float32."""
+    if not spect.mel_bands:
+        return magnitude
+    return mel_filterbank(spect) @ np.asarray(magnitude, dtype=np.float32)
 
 
 def num_frames(num_samples: int, spect: SpectConfig) -> int:
@@ -149,7 +203,7 @@ def log_spectrogram(signal: np.ndarray, spect: SpectConfig,
     magnitude = magnitude_spectrogram(signal, spect)
     if magnitude_warp is not None:
         magnitude = magnitude_warp(magnitude)
-    log_magnitude = log_of_magnitude(magnitude, spect)
+    log_magnitude = log_of_magnitude(frequency_bands(magnitude, spect), spect)
     if spect.normalisation == "fixed":
         return log_magnitude
     return normalise(log_magnitude, per_bin=not spect.original_compat)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mindaudio.config import Config, ConfigError
 from mindaudio.data.augment import AugmentError, list_noise_files
-from mindaudio.data.features import check_window, fft_size, hop_size
+from mindaudio.data.features import check_mel_bands, check_window, fft_size, hop_size
 from mindaudio.data.text import check_labels
 
 
@@ -21,6 +21,7 @@ def check_data_config(config: Config) -> None:
     # Either key can be the one at fault (a 50 Hz rate or a 1 ms window): name both.
     _ask(config, "SpectConfig.sample_rate / SpectConfig.window_size", fft_size, spect)
     _ask(config, "SpectConfig.sample_rate / SpectConfig.window_stride", hop_size, spect)
+    _ask(config, "SpectConfig.mel_bands", check_mel_bands, spect)
     _ask(config, "labels", check_labels, config.labels)
     augmentation = config.AugmentationConfig
     if augmentation.noise_dir and augmentation.noise_prob > 0:

@@ -11,7 +11,8 @@ import numpy as np
 
 from mindaudio.config import SpectConfig
 from mindaudio.data.audio import AudioError, load_audio
-from mindaudio.data.features import fft_size, log_of_magnitude, magnitude_spectrogram, num_freq_bins
+from mindaudio.data.features import (fft_size, frequency_bands, log_of_magnitude, magnitude_spectrogram,
+                                     num_freq_bins)
 from mindaudio.data.manifest import ManifestError, read_manifest
 
 # A bin that never varies (e.g. digital silence only) is centred, never divided by ~0.
@@ -48,7 +49,7 @@ def signal_statistics(signals: Iterable[np.ndarray], spect: SpectConfig) -> Tupl
     any normalisation) over all frames of `signals` ((samples,) float at spect.sample_rate)."""
     accumulator = StatisticsAccumulator(num_freq_bins(spect))
     for signal in signals:
-        accumulator.add(log_of_magnitude(magnitude_spectrogram(signal, spect), spect))
+        accumulator.add(log_of_magnitude(frequency_bands(magnitude_spectrogram(signal, spect), spect), spect))
     return accumulator.result()
 
 

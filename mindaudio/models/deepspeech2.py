@@ -27,6 +27,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from mindaudio.data.features import num_freq_bins
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -80,10 +82,10 @@ def conv_freq_sizes(num_bins: int) -> Tuple[int, ...]:
     return tuple(sizes)
 
 
-def rnn_input_size(sample_rate: int, window_size: float) -> int:
-    """Features per frame entering the first LSTM: 32 channels x frequency bins left after the convs."""
-    bins = int(math.floor(sample_rate * window_size / 2)) + 1
-    return CONV_GEOMETRY[-1].out_channels * conv_freq_sizes(bins)[-1]
+def rnn_input_size(num_bins: int) -> int:
+    """Features per frame entering the first LSTM, for `num_bins` feature rows
+    (`data.features.num_freq_bins`): 32 channels x frequency bins left after the convs."""
+    return CONV_GEOMETRY[-1].out_channels * conv_freq_sizes(num_bins)[-1]
 
 
 def _time_mask(lengths: ms.Tensor, num_steps: int, dtype) -> ms.Tensor:
@@ -301,7 +303,7 @@ class DeepSpeechModel(nn.Cell):
         self.masked = masked
         self.lookahead_context = lookahead_context
         self.fixed_normalisation = fixed_normalisation
-        self.num_freq_bins = int(math.floor(audio_conf.sample_rate * audio_conf.window_size / 2)) + 1
+        self.num_freq_bins = num_freq_bins(audio_conf)
         if fixed_normalisation:
             # Not trained (requires_grad False): set from the training manifest, saved and loaded
             # with the weights like BatchNorm's moving statistics.
@@ -311,7 +313,7 @@ class DeepSpeechModel(nn.Cell):
                                             name="feature_std", requires_grad=False)
 
         self.conv = MaskConv(masked=masked, rng=rng)
-        self.RNN = BatchRNN(rnn_input_size(audio_conf.sample_rate, audio_conf.window_size),
+        self.RNN = BatchRNN(rnn_input_size(self.num_freq_bins),
                             rnn_hidden_size, nb_layers, bidirectional=bidirectional, masked=masked,
                             rng=rng)
         if not bidirectional:
