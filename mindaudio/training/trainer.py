@@ -15,7 +15,8 @@ from mindaudio.checkpoint import (CheckpointManager, TrainState, load_checkpoint
                                   training_parameters)
 from mindaudio.config import Config, check_files
 from mindaudio.data.augment import Augmentation
-from mindaudio.data.dataset import build_dataset, load_split, make_sampler
+from mindaudio.data.dataset import build_dataset, load_split
+from mindaudio.data.sampler import BucketSampler
 from mindaudio.data.features import hop_size
 from mindaudio.data.statistics import manifest_statistics
 from mindaudio.data.text import CharTokenizer
@@ -102,16 +103,24 @@ class Trainer:
                                       bucket_boundaries=train_cfg.bucket_boundaries,
                                       max_duration=train_cfg.max_duration,
                                       output_frames=output_length)
-        self.sampler = make_sampler(self.train_split, train_cfg.batch_size, train=True, seed=train_cfg.seed,
-                                    sortagrad=train_cfg.sortagrad, rank=self.runtime.rank,
-                                    world_size=self.runtime.world_size,
-                                    accumulation_steps=train_cfg.accumulation_steps)
+        # Built here rather than by dataset.make_sampler, which has no frame budget yet.
+        split = self.train_split
+        self.sampler = BucketSampler(split.durations, split.edges, split.bucket_frames, train_cfg.batch_size,
+                                     batch_frames=train_cfg.batch_frames, seed=train_cfg.seed, shuffle=True,
+                                     sortagrad=train_cfg.sortagrad, rank=self.runtime.rank,
+                                     world_size=self.runtime.world_size,
+                                     accumulation_steps=train_cfg.accumulation_steps)
         self.val_split = None
         if train_cfg.val_manifest:
             self.val_split = load_split(train_cfg.val_manifest, self.tokenizer, config.SpectConfig,
                                         bucket_boundaries=train_cfg.bucket_boundaries)
         if self.runtime.is_main:
             print(self.train_split.summary())
+            if train_cfg.batch_frames:
+                used = sorted({batch.bucket for batch in self.sampler.batches(0)})
+                sizes = ", ".join(f"{split.edges[b]:g} s: {self.sampler.batch_size[b]}" for b in used)
+                print(f"batches by frames (TrainingConfig.batch_frames {train_cfg.batch_frames}): "
+                      f"utterances per batch by bucket ({sizes}); {len(self.sampler)} batches per epoch")
             if self.val_split is not None:
                 print(self.val_split.summary())
 
