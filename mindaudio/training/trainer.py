@@ -26,6 +26,7 @@ from mindaudio.models.deepspeech2 import output_length
 from mindaudio.runtime.collectives import CollectiveError, check_same_on_all_ranks, mean_over_ranks
 from mindaudio.runtime.device import Runtime, setup_runtime
 from mindaudio.training.plot import plot_training_log
+from mindaudio.training.precompile import precompile
 from mindaudio.training.run_lock import RunLock
 from mindaudio.training.train_step import build_update
 from mindaudio.training.validation import validate_shared
@@ -240,6 +241,12 @@ class Trainer:
         last_path = None
         seconds_per_frame = hop_size(self.config.SpectConfig) / self.config.SpectConfig.sample_rate
         update = self.update
+        if self.runtime.compile_cache_dir and self.state.epoch < cfg.epochs:
+            # Every shape compiled now, in a fixed order, so that a run that compiled them before
+            # loads them from the cache (the plan's shapes are the same every epoch).
+            precompile(self.runtime.compile_cache_dir, self.config, self.runtime.world_size, update,
+                       self.model, self.train_split, self.sampler.batches(self.state.epoch), self.val_split,
+                       log=print if self.runtime.is_main else (lambda _: None))
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
             lr = learning_rate_for_epoch(self.config, epoch)
