@@ -48,6 +48,18 @@ def test_the_first_publisher_wins_and_nothing_partial_is_left(tmp_path):
     assert not CompileCache._stage(entry, str(tmp_path / "c"), 0, 2)
 
 
+def test_least_recently_used_entries_and_stale_partial_ones_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(compile_cache, "MAX_ENTRIES", 2)
+    cache = CompileCache(tmp_path, "test")
+    now = 1_000_000_000.0
+    for age, name in [(30, "old"), (20, "middle"), (10, "new"), (7200, ".pending-dead"), (5, ".pending-live")]:
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (now - age, now - age))
+    monkeypatch.setattr(compile_cache.time, "time", lambda: now)
+    cache._prune()
+    assert sorted(os.listdir(tmp_path)) == [".pending-live", "middle", "new"]
+
+
 def _step_inputs(batch, frames, label_len, freq):
     rng = np.random.default_rng(frames)
     return (Tensor(rng.standard_normal((batch, 1, freq, frames)).astype(np.float32)),

@@ -64,6 +64,11 @@ _dependency_hash: Optional[bytes] = None
 # it is given for the whole process (measured), so every group goes through the same folder.
 _staging: Optional[str] = None
 _STAGING_PREFIX = "mindaudio-compile-"
+# Entries kept per cache folder (the least recently used go first); a digits-recipe entry of 13
+# training graphs takes about 50 MB.
+MAX_ENTRIES = 64
+# A half-written entry of a run killed while storing it is removed after this long.
+_STALE_PENDING_S = 3600.0
 
 
 def default_cache_dir() -> Path:
@@ -220,6 +225,10 @@ class CompileCache:
             finally:
                 ms.set_context(enable_compile_cache=False)
             stored = hit or self._publish(entry, staging, base, graphs)
+            if hit:
+                os.utime(entry)  # recently used: pruned last
+            else:
+                self._prune()
         finally:
             # The graphs are in memory now; only the dependency hash stays for later groups.
             for index in range(len(graphs)):
@@ -289,6 +298,24 @@ class CompileCache:
         except OSError:
             shutil.rmtree(pending, ignore_errors=True)
         return entry.is_dir()
+
+
+    def _prune(self) -> None:
+        """Keep the MAX_ENTRIES most recently used entries; remove stale half-written ones."""
+        entries = []
+        now = time.time()
+        for path in self.root.iterdir():
+            try:
+                if path.name.startswith(".pending-"):
+                    if now - path.stat().st_mtime > _STALE_PENDING_S:
+                        shutil.rmtree(path, ignore_errors=True)
+                elif not path.name.startswith("."):
+                    entries.append((path.stat().st_mtime, path))
+            except OSError:
+                continue  # removed meanwhile by another run
+        for _, path in sorted(entries, reverse=True)[MAX_ENTRIES:]:
+            # A run staging from it meanwhile finds it gone and compiles afresh.
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def describe(*parts) -> str:
