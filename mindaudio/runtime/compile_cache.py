@@ -64,6 +64,9 @@ _dependency_hash: Optional[bytes] = None
 # it is given for the whole process (measured), so every group goes through the same folder.
 _staging: Optional[str] = None
 _STAGING_PREFIX = "mindaudio-compile-"
+# Set when MindSpore's numbering of cached compiles left ours (it wrote other files than one per
+# graph): staged files could then meet the wrong compile, so the cache stays off in this process.
+_out_of_step = ""
 # Entries kept per cache folder (the least recently used go first); a digits-recipe entry of 13
 # training graphs takes about 50 MB.
 MAX_ENTRIES = 64
@@ -193,13 +196,13 @@ class CompileCache:
             return "MindSpore's own compile cache is switched on (MS_COMPILER_CACHE_ENABLE)"
         if ms.get_auto_parallel_context("parallel_mode") != ms.ParallelMode.STAND_ALONE:
             return "the compile cache is not used with data parallelism (not measured there)"
-        return ""
+        return _out_of_step
 
     def compile_all(self, graphs: Sequence[Graph]) -> CompileReport:
         """Compile every graph (`Cell.compile`), loading them from the cache when an entry for
         exactly these graphs exists, else storing a new entry. Never raises for the cache's sake:
         when it cannot be used the graphs are compiled as usual (`reason` says why)."""
-        global _cached_compiles
+        global _cached_compiles, _out_of_step
         graphs = list(graphs)
         start = time.perf_counter()
         reason = self._unusable()
@@ -224,17 +227,27 @@ class CompileCache:
                     graph.cell.compile(*graph.inputs)
             finally:
                 ms.set_context(enable_compile_cache=False)
+            written = sorted(os.path.basename(path) for path in
+                             glob.glob(os.path.join(staging, "rank_*", "graph_cache", "compile_cache_*.mindir")))
+            expected = sorted(f"compile_cache_{base + index}.mindir" for index in range(len(graphs)))
+            if written != expected:
+                # A hit leaves exactly the staged files, a miss exactly one new file per graph.
+                _out_of_step = (f"MindSpore's cache files {written} did not match the compiles "
+                                f"{expected}: the cache is off for the rest of this process")
+                logger.warning("compile cache: %s", _out_of_step)
+                return CompileReport(len(graphs), time.perf_counter() - start, False, reason=_out_of_step)
             stored = hit or self._publish(entry, staging, base, graphs)
-            if hit:
-                os.utime(entry)  # recently used: pruned last
-            else:
-                self._prune()
+            try:
+                if hit:
+                    os.utime(entry)  # recently used: pruned last
+                else:
+                    self._prune()
+            except OSError:
+                pass  # pruned or pruning meanwhile by another run
         finally:
             # The graphs are in memory now; only the dependency hash stays for later groups.
-            for index in range(len(graphs)):
-                for path in glob.glob(os.path.join(staging, "rank_*", "graph_cache",
-                                                   f"compile_cache_{base + index}.mindir")):
-                    os.remove(path)
+            for path in glob.glob(os.path.join(staging, "rank_*", "graph_cache", "compile_cache_*.mindir")):
+                os.remove(path)
         return CompileReport(len(graphs), time.perf_counter() - start, hit, str(entry) if stored else "",
                              reason="" if stored else "MindSpore stored no complete cache")
 
