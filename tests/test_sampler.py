@@ -292,6 +292,10 @@ def test_batch_sizes_for_frames_divide_the_budget():
     with pytest.raises(SamplerError, match=r"TrainingConfig.batch_frames 700 cannot hold one "
                                            r"utterance of bucket 3, which pads to 1001 frames"):
         batch_sizes_for_frames(FRAMES, 700)
+    # The error names the smallest budget that works: the longest used bucket's padding.
+    with pytest.raises(SamplerError, match="300 cannot hold one utterance of bucket 3, which pads to "
+                                           "1001 frames: use at least 1001"):
+        batch_sizes_for_frames(FRAMES, 300)
 
 
 def shapes_of(plan):

@@ -176,14 +176,15 @@ def batch_sizes_for_frames(bucket_frames: Sequence[int], batch_frames: int,
                            f"got {batch_frames}")
     used = set(range(len(bucket_frames)) if used_buckets is None else
                (int(bucket) for bucket in used_buckets))
-    sizes = []
-    for bucket, frames in enumerate(bucket_frames):
-        size = int(batch_frames) // int(frames)
-        if size < 1 and bucket in used:
-            raise SamplerError(f"TrainingConfig.batch_frames {batch_frames} cannot hold one "
-                               f"utterance of bucket {bucket}, which pads to {frames} frames: "
-                               f"use at least {frames} (or a smaller max_duration)")
-        sizes.append(max(1, size))
+    too_long = [bucket for bucket in used if int(bucket_frames[bucket]) > batch_frames]
+    if too_long:
+        # Name the longest such bucket: its padding is the smallest budget that works.
+        bucket = max(too_long, key=lambda b: int(bucket_frames[b]))
+        frames = int(bucket_frames[bucket])
+        raise SamplerError(f"TrainingConfig.batch_frames {batch_frames} cannot hold one "
+                           f"utterance of bucket {bucket}, which pads to {frames} frames: "
+                           f"use at least {frames} (or a smaller max_duration)")
+    sizes = [max(1, int(batch_frames) // int(frames)) for frames in bucket_frames]
     return tuple(sizes)
 
 
