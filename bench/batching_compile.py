@@ -43,8 +43,6 @@ RECIPE = REPO / "configs" / "digits.yaml"
 
 
 def _child(args) -> dict:
-    import numpy as np
-
     import mindaudio  # noqa: F401  (before mindspore)
     import mindspore as ms
     from mindspore import Tensor

@@ -218,9 +218,10 @@ def _whole_steps(durations: np.ndarray, buckets: np.ndarray, num_buckets: int,
 
     Bucket b's steps hold batch_sizes[b] * shares utterances each (see `_whole_step_members`);
     only the lowest used bucket may end with a smaller step. Should that step hold fewer than
-    `shares` utterances it merges with the first step of the lowest bucket above it that has
-    one, split in two when that leaves at least `shares` each (batch size 1: one step, some
-    batches of 2). rng None means sorted order instead of shuffled.
+    `shares` utterances (one per rank and micro-batch) it merges with its neighbour (the same
+    bucket's previous step, else the next bucket's first), split in two when that leaves at
+    least `shares` each (batch size 1: one step, some batches of 2). rng None means sorted
+    order instead of shuffled.
     """
     capacities = [size * shares for size in batch_sizes]
     members = _whole_step_members(durations, buckets, capacities)
