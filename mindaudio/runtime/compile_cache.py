@@ -4,22 +4,27 @@ MindSpore 2.10's compile cache (`set_context(enable_compile_cache=True, compile_
 saves the N-th graph a process compiles with the cache on as `P/rank_<r>/graph_cache/
 compile_cache_N.mindir` and, in a later process whose entry script and local imports hash the
 same (`compile_dependency.hash`), loads file N for that process's N-th compile *without checking
-that it is the same graph*. Measured on CPU (see /work/notes/README-speed.md): compiling two
-shapes in the other order, or a model of another size, against the same directory loads the
-other graph, which then fails inside a kernel (or could run). A training run compiles in an order
+that it is the same graph*. Measured on CPU with 2.10.0: compiling two training-step shapes in
+the other order, or a model of another hidden size, against the same directory loads the other
+graph, which then fails inside a kernel ("Invalid seq_lengths", a Reshape size mismatch) or
+could run. It also writes only into the first cache path a process gives it. A training run compiles in an order
 that depends on the epoch plan, the resume point and skipped steps, so the raw cache is unsafe.
 
 `CompileCache.compile_all` makes it safe:
 - an entry is keyed by everything that defines its graphs: MindSpore's version, the device and
   mode, the source of the package and of MindSpore's own dependency files, the caller's
   description (the configuration sections that build the cells), and each graph's cell class,
-  parameter shapes and input shapes, in order;
+  parameter shapes, training flags (training and evaluation compile different graphs) and input
+  shapes, in order;
 - the graphs of an entry are compiled in one go, with the cache on only for them, in the order of
   the list, so the entry's graph i is always the list's graph i;
 - MindSpore numbers files by the process's count of cached compiles, not by ours, so an entry's
-  files are copied into a private staging directory under the process's numbers, and a new entry
-  is published by renaming a complete directory into place: runs sharing the cache never see a
-  partial entry and never write into a published one (the first publisher wins).
+  files are copied into the process's own staging folder (in the temporary directory) under the
+  process's numbers, and a new entry is published by renaming a complete folder into place: runs
+  sharing the cache never see a partial entry and never write into a published one (the first
+  publisher wins);
+- after each group the files MindSpore wrote must be exactly one per compile, else the cache
+  stays off for the rest of the process.
 Graphs compiled outside `compile_all` do not use the cache. Only one process on the CPU is
 supported (the cache was measured there); on other devices and with data parallelism
 `compile_all` compiles without it.
