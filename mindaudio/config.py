@@ -34,7 +34,16 @@ DEFAULT_LABELS = ["'", "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L
 @dataclass
 class TrainingConfig:
     epochs: int = 70
+    # Utterances per batch (per rank and accumulated micro-batch); unused when batch_frames > 0.
     batch_size: int = 64
+    # Frame budget: 0 sizes batches by batch_size. N > 0 gives each length bucket a fixed batch
+    # of floor(N / frames the bucket pads to) utterances, so short buckets carry many utterances
+    # and long ones few; every bucket is filled to whole steps (each bucket one compiled shape).
+    # The loss is the mean CTC loss per utterance of the step (train_step: mean over each batch,
+    # then over its micro-batches), so a step of many short utterances and one of few long ones
+    # weigh the same and learning_rate stays a per-step rate; fewer, larger steps per epoch than
+    # batch_size when N exceeds batch_size x the typical padded frames. Per rank and micro-batch.
+    batch_frames: int = 0
     train_manifest: str = "./train/libri_train_manifest.json"
     # Validation WER/CER at the end of every epoch; empty means no validation.
     val_manifest: str = ""
@@ -202,6 +211,12 @@ class RuntimeConfig:
     # GRAPH or PYNATIVE; the original's 0 (GRAPH_MODE) and 1 (PYNATIVE_MODE) are accepted too.
     mode: str = "GRAPH"
     is_distributed: bool = False
+    # Keep training's compiled graphs (one per input shape) on disk, so a resumed run, a second
+    # run of the same recipe and the tests load them instead of compiling again (CPU, one
+    # process; see mindaudio/runtime/compile_cache.py for why a stale entry is never used).
+    compile_cache: bool = True
+    # Where: '' = $MINDAUDIO_CACHE/compile, else ~/.cache/mindaudio/compile. Runs may share it.
+    compile_cache_dir: str = ""
 
 
 @dataclass
@@ -368,6 +383,8 @@ def validate(config: Config) -> None:
                         config.OptimConfig, config.CheckpointConfig, config.EvalConfig)
     _require(t.epochs >= 1, config, "TrainingConfig.epochs", f"must be >= 1, got {t.epochs}")
     _require(t.batch_size >= 1, config, "TrainingConfig.batch_size", f"must be >= 1, got {t.batch_size}")
+    _require(t.batch_frames >= 0, config, "TrainingConfig.batch_frames",
+             f"must be >= 0 (0 sizes batches by batch_size), got {t.batch_frames}")
     _require(t.max_duration > 0, config, "TrainingConfig.max_duration", "must be > 0")
     edges = t.bucket_boundaries
     _require(all(b > 0 for b in edges) and edges == sorted(set(edges)), config,

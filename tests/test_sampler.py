@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mindaudio.data.sampler import (Batch, BucketSampler, DropCounts, SamplerError,
-                                    assign_buckets, bucket_edges, ctc_min_frames,
-                                    filter_utterances, plan_epoch)
+                                    assign_buckets, batch_sizes_for_frames, bucket_edges,
+                                    ctc_min_frames, filter_utterances, plan_epoch)
 
 EDGES = (2.0, 4.0, 6.0, 10.0)
 
@@ -277,3 +277,137 @@ def test_drops_for_digits_count_in_the_total():
     counts = DropCounts(too_long=1, empty_label=2, label_too_long=3, digits=4, empty_audio=5)
     assert counts.total == 15
     assert DropCounts(1, 2, 3).digits == 0
+
+
+# ---------------------------------------------------------------- batches by frames
+
+FRAMES = (201, 401, 601, 1001)  # padded frames of EDGES' buckets (10 ms hop, 2 s -> 201)
+
+
+def test_batch_sizes_for_frames_divide_the_budget():
+    assert batch_sizes_for_frames(FRAMES, 2004) == (9, 4, 3, 2)
+    assert batch_sizes_for_frames(FRAMES, 1001) == (4, 2, 1, 1)
+    # A bucket no utterance uses need not fit: it gets 1.
+    assert batch_sizes_for_frames(FRAMES, 700, used_buckets=[0, 2]) == (3, 1, 1, 1)
+    with pytest.raises(SamplerError, match=r"TrainingConfig.batch_frames 700 cannot hold one "
+                                           r"utterance of bucket 3, which pads to 1001 frames"):
+        batch_sizes_for_frames(FRAMES, 700)
+    # The error names the smallest budget that works: the longest used bucket's padding.
+    with pytest.raises(SamplerError, match="300 cannot hold one utterance of bucket 3, which pads to "
+                                           "1001 frames: use at least 1001"):
+        batch_sizes_for_frames(FRAMES, 300)
+
+
+def shapes_of(plan):
+    return collections.Counter((len(indices), bucket) for indices, bucket in plan)
+
+
+def test_frame_budget_sizes_each_bucket_and_fills_whole_steps():
+    durations = realistic_durations(300, seed=5)
+    sampler = BucketSampler(durations, EDGES, FRAMES, 64, batch_frames=2004, seed=3, sortagrad=True)
+    assert sampler.batch_size == (9, 4, 3, 2)
+    for epoch in range(3):
+        plan = sampler.batches(epoch)
+        assert sorted(i for batch in plan for i in batch.indices) == list(range(300))
+        for batch in plan:
+            assert len(batch.indices) * batch.frames <= 2004
+            assert all(durations[i] <= EDGES[batch.bucket] for i in batch.indices)
+        sizes = collections.defaultdict(set)
+        for batch in plan:
+            sizes[batch.bucket].add(len(batch.indices))
+        lowest = min(sizes)
+        # Every bucket is one shape, full batches; only the lowest may end with a smaller one.
+        for bucket, seen in sizes.items():
+            if bucket == lowest:
+                assert max(seen) == sampler.batch_size[bucket] and len(seen) <= 2
+            else:
+                assert seen == {sampler.batch_size[bucket]}
+
+
+def test_frame_budget_moves_only_the_longest_of_the_buckets_below():
+    # Bucket counts 4 (<=2 s), 3 (<=4 s), 3 (<=6 s) with batch sizes 2, 2, 2: bucket 2 needs one
+    # more utterance to fill its second step and takes the longest of bucket 1; bucket 1 is then
+    # left with 2 (one step); bucket 0 keeps its 4 (two steps). Nothing moves down.
+    durations = [0.5, 1.0, 1.5, 1.9, 2.5, 3.0, 3.9, 4.5, 5.0, 5.5]
+    plan = plan_epoch(durations, EDGES, (2, 2, 2, 2), shuffle=False)
+    assert plan == [((0, 1), 0), ((2, 3), 0), ((4, 5), 1), ((6, 7), 2), ((8, 9), 2)]
+    # Capacities 3, 2, 2: bucket 2 takes 3.9 s as above; bucket 1 (2 left) is whole; bucket 0's
+    # 4 make one full step of 3 and a last one of 1 (the shortest bucket may end short).
+    plan = plan_epoch(durations, EDGES, (3, 2, 2, 2), shuffle=False)
+    assert plan == [((0, 1, 2), 0), ((3,), 0), ((4, 5), 1), ((6, 7), 2), ((8, 9), 2)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("count,budget", [(103, 2004), (40, 1202), (17, 1001), (9, 1001)])
+def test_frame_budget_covers_each_utterance_once_over_all_ranks(world_size, count, budget):
+    durations = realistic_durations(count)
+    sizes = batch_sizes_for_frames(FRAMES, budget)
+    for epoch, shuffle, sortagrad in [(0, True, True), (1, True, True), (2, True, False),
+                                      (0, False, False)]:
+        plans = all_rank_plans(durations, sizes, world_size, epoch=epoch, seed=3,
+                               shuffle=shuffle, sortagrad=sortagrad)
+        assert sorted(flat_indices(plans)) == list(range(count))
+        assert len({len(plan) for plan in plans}) == 1, "ranks must take the same number of steps"
+        for step in zip(*plans):
+            assert len({bucket for _, bucket in step}) == 1
+        for plan in plans:
+            for indices, bucket in plan:
+                assert 1 <= len(indices)
+                assert all(durations[i] <= EDGES[bucket] for i in indices)
+                limit = sizes[bucket] if sizes[bucket] > 1 or world_size == 1 else 2
+                assert len(indices) <= limit
+
+
+def test_frame_budget_plan_is_a_function_of_seed_and_epoch():
+    durations = realistic_durations(150)
+    sizes = batch_sizes_for_frames(FRAMES, 2004)
+    first = plan_epoch(durations, EDGES, sizes, epoch=1, seed=9)
+    assert plan_epoch(durations, EDGES, sizes, epoch=1, seed=9) == first
+    assert plan_epoch(durations, EDGES, sizes, epoch=2, seed=9) != first
+    assert plan_epoch(durations, EDGES, sizes, epoch=1, seed=10) != first
+    # Who shares a batch changes between epochs; the shapes (and their counts) never do.
+    second = plan_epoch(durations, EDGES, sizes, epoch=2, seed=9)
+    assert {frozenset(ix) for ix, _ in first} != {frozenset(ix) for ix, _ in second}
+    assert shapes_of(first) == shapes_of(second) == shapes_of(
+        plan_epoch(durations, EDGES, sizes, epoch=0, seed=9, sortagrad=True))
+    sampler = BucketSampler(durations, EDGES, FRAMES, 8, batch_frames=2004, seed=9, rank=1,
+                            world_size=2)
+    whole = sampler.batches(4)
+    assert sampler.batches(4, start=5) == whole[5:]
+    assert len(sampler.batches(0)) == len(whole) == len(sampler)
+
+
+def test_frame_budget_sortagrad_goes_shortest_first():
+    durations = realistic_durations(120)
+    sizes = batch_sizes_for_frames(FRAMES, 2004)
+    plan = plan_epoch(durations, EDGES, sizes, epoch=0, seed=4, sortagrad=True)
+    flat = [durations[index] for indices, _ in plan for index in indices]
+    assert flat == sorted(flat)
+    later = plan_epoch(durations, EDGES, sizes, epoch=1, seed=4, sortagrad=True)
+    assert [durations[i] for ix, _ in later for i in ix] != sorted(flat)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("epoch,sortagrad", [(0, True), (1, True), (2, False)])
+def test_frame_budget_ranks_see_what_one_process_accumulates(ranks, epoch, sortagrad):
+    durations = realistic_durations(97, seed=2)
+    sizes = batch_sizes_for_frames(FRAMES, 1202)
+    single = plan_epoch(durations, EDGES, sizes, epoch=epoch, seed=4, sortagrad=sortagrad,
+                        accumulation_steps=ranks)
+    shards = [plan_epoch(durations, EDGES, sizes, epoch=epoch, seed=4, sortagrad=sortagrad,
+                         rank=rank, world_size=ranks) for rank in range(ranks)]
+    for step, micro_batches in enumerate(zip(*[iter(single)] * ranks)):
+        assert list(micro_batches) == [shard[step] for shard in shards]
+
+
+def test_frame_budget_has_fewer_shapes_than_count_batching():
+    durations = realistic_durations(500, seed=8)
+    by_count = plan_epoch(durations, EDGES, 5, epoch=1, seed=1)
+    by_frames = plan_epoch(durations, EDGES, batch_sizes_for_frames(FRAMES, 2004), epoch=1, seed=1)
+    used = len(set(assign_buckets(durations, EDGES).tolist()))
+    assert len(shapes_of(by_frames)) <= used + 1 < len(shapes_of(by_count))
+
+
+def test_per_bucket_sizes_must_match_the_edges():
+    with pytest.raises(SamplerError, match="3 batch sizes for 4 bucket edges"):
+        plan_epoch([1.0], EDGES, (1, 2, 3))

@@ -4,11 +4,18 @@ Pure Python and numpy. Utterances are grouped into length buckets whose upper ed
 (seconds), and every batch is padded to its bucket's edge, so the compiled graph sees one input
 shape per bucket however the batches are drawn. The plan of an epoch depends only on the inputs,
 the seed and the epoch number, so a run resumed at batch k recomputes the plan and skips k.
+
+Batches are sized by count (`batch_size` utterances each) or by a frame budget (`batch_frames`:
+each bucket's batch holds as many utterances as fit in the budget at that bucket's padded frame
+length, so short buckets carry many utterances and long ones few; see `batch_sizes_for_frames`).
+With a frame budget every bucket is filled to whole optimizer steps from the longest utterances
+of the buckets below it, so each bucket is one input shape (B_b, T_b) and only the shortest
+bucket can end with a smaller step: the number of compiled shapes stays at about one per bucket.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -155,14 +162,108 @@ def _global_steps(durations: np.ndarray, buckets: np.ndarray, num_buckets: int,
     return steps
 
 
-def plan_epoch(durations: Sequence[float], edges: Sequence[float], batch_size: int, *,
+def batch_sizes_for_frames(bucket_frames: Sequence[int], batch_frames: int,
+                           used_buckets: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+    """Utterances per batch of each bucket under a budget of `batch_frames` padded frames.
+
+    bucket_frames: frames each bucket pads to; batch_frames: the budget (batch x padded frames).
+    A bucket's batch size is floor(batch_frames / its frames). Raises SamplerError naming
+    `TrainingConfig.batch_frames` when the budget cannot hold one utterance of a bucket in
+    `used_buckets` (default: all); an unused bucket gets 1.
+    """
+    if batch_frames < 1:
+        raise SamplerError(f"TrainingConfig.batch_frames must be >= 1 to size batches by frames, "
+                           f"got {batch_frames}")
+    used = set(range(len(bucket_frames)) if used_buckets is None else
+               (int(bucket) for bucket in used_buckets))
+    too_long = [bucket for bucket in used if int(bucket_frames[bucket]) > batch_frames]
+    if too_long:
+        # Name the longest such bucket: its padding is the smallest budget that works.
+        bucket = max(too_long, key=lambda b: int(bucket_frames[b]))
+        frames = int(bucket_frames[bucket])
+        raise SamplerError(f"TrainingConfig.batch_frames {batch_frames} cannot hold one "
+                           f"utterance of bucket {bucket}, which pads to {frames} frames: "
+                           f"use at least {frames} (or a smaller max_duration)")
+    sizes = [max(1, int(batch_frames) // int(frames)) for frames in bucket_frames]
+    return tuple(sizes)
+
+
+def _whole_step_members(durations: np.ndarray, buckets: np.ndarray,
+                        capacities: Sequence[int]) -> np.ndarray:
+    """The bucket each utterance is padded to so that every bucket but the lowest used one holds
+    a whole number of steps (`capacities[b]` utterances each).
+
+    Walking down from the longest utterance: a bucket whose own utterances do not fill its last
+    step takes the longest utterances below it (which fit, padded a little more); what is left
+    at the bottom forms the lowest bucket's steps, the last of which may be partial. The result
+    depends only on the durations (ties by index), never on the epoch. int64 (utterances,).
+    """
+    order = np.lexsort((np.arange(durations.size), durations))  # ascending, ties by index
+    ordered_buckets = buckets[order]
+    members = np.empty_like(buckets)
+    end = order.size
+    while end > 0:
+        bucket = int(ordered_buckets[end - 1])
+        own = end - int(np.searchsorted(ordered_buckets[:end], bucket, side="left"))
+        take = min(end, -(-own // capacities[bucket]) * capacities[bucket])
+        members[order[end - take:end]] = bucket
+        end -= take
+    return members
+
+
+def _whole_steps(durations: np.ndarray, buckets: np.ndarray, num_buckets: int,
+                 batch_sizes: Sequence[int], shares: int,
+                 rng: Optional[np.random.Generator]) -> List[Tuple[int, np.ndarray]]:
+    """Steps of the frame-budget plan, as (bucket, indices) in increasing bucket order.
+
+    Bucket b's steps hold batch_sizes[b] * shares utterances each (see `_whole_step_members`);
+    only the lowest used bucket may end with a smaller step. Should that step hold fewer than
+    `shares` utterances (one per rank and micro-batch) it merges with its neighbour (the same
+    bucket's previous step, else the next bucket's first), split in two when that leaves at
+    least `shares` each (batch size 1: one step, some batches of 2). rng None means sorted
+    order instead of shuffled.
+    """
+    capacities = [size * shares for size in batch_sizes]
+    members = _whole_step_members(durations, buckets, capacities)
+    steps: List[Tuple[int, np.ndarray]] = []
+    for bucket in range(num_buckets):
+        items = np.flatnonzero(members == bucket)
+        if items.size == 0:
+            continue
+        items = (_sorted_by_duration(items, durations) if rng is None
+                 else rng.permutation(items))
+        capacity = capacities[bucket]
+        steps.extend((bucket, items[start:start + capacity])
+                     for start in range(0, items.size, capacity))
+    lowest_steps = sum(1 for bucket, _ in steps if bucket == steps[0][0])
+    short = lowest_steps - 1  # the lowest bucket's last step: the only one that can be short
+    if len(steps) > 1 and steps[short][1].size < shares:
+        # Merge it with its neighbour (the same bucket's previous step if there is one, else the
+        # next bucket's first step), then split again where that leaves >= `shares` each.
+        first = short - 1 if short > 0 else short
+        bucket = max(steps[first][0], steps[first + 1][0])
+        merged = np.concatenate([steps[first][1], steps[first + 1][1]])
+        if rng is None:
+            merged = _sorted_by_duration(merged, durations)
+        pieces = 2 if merged.size >= 2 * shares else 1
+        steps[first:first + 2] = [(bucket, piece) for piece in np.array_split(merged, pieces)]
+    return steps
+
+
+def plan_epoch(durations: Sequence[float], edges: Sequence[float],
+               batch_size: Union[int, Sequence[int]], *,
                epoch: int = 0, seed: int = 0, shuffle: bool = True, sortagrad: bool = False,
                rank: int = 0, world_size: int = 1, accumulation_steps: int = 1,
                ) -> List[Tuple[Tuple[int, ...], int]]:
     """The batches of one rank for one epoch, as (utterance indices, bucket) in visiting order.
 
     durations: seconds per utterance (all must fit under edges[-1]); edges: bucket upper edges.
-    batch_size: utterances per batch, i.e. per rank and micro-batch.
+    batch_size: utterances per batch, i.e. per rank and micro-batch: one count for every bucket,
+    or one per bucket (the frame budget's, `batch_sizes_for_frames`). Per-bucket sizes make
+    whole steps: every bucket but the lowest used one is filled to a whole number of steps with
+    the longest utterances of the buckets below it, so each bucket is one input shape and only
+    the lowest bucket may end with a smaller step (`_whole_steps`); utterances are then padded
+    up to beyond their own bucket, never cropped.
     shuffle: training order, drawn from Generator(SeedSequence([seed, epoch])): members of a
     bucket shuffled, then the steps shuffled. With `sortagrad` epoch 0 is instead sorted by
     length, as is every epoch without `shuffle` (evaluation).
@@ -171,10 +272,14 @@ def plan_epoch(durations: Sequence[float], edges: Sequence[float], batch_size: i
     K = 1 and one process with K = N visit the same micro-batches in the same steps.
     Every rank gets the same number of batches (K per step); over all ranks each utterance
     appears exactly once; all batches of a step come from the same bucket. Batches hold at most
-    batch_size utterances (a step's last batches may be smaller and differ by one; only with
-    batch_size 1 and several shares can one batch hold 2).
+    their bucket's batch_size utterances (a step's last batches may be smaller and differ by one;
+    only with batch_size 1 and several shares can one batch hold 2).
     """
-    if batch_size < 1:
+    per_bucket = not isinstance(batch_size, (int, np.integer))
+    sizes = tuple(int(size) for size in batch_size) if per_bucket else (int(batch_size),)
+    if per_bucket and len(sizes) != len(edges):
+        raise SamplerError(f"{len(sizes)} batch sizes for {len(edges)} bucket edges")
+    if min(sizes) < 1:
         raise SamplerError(f"batch_size must be >= 1, got {batch_size}")
     if accumulation_steps < 1:
         raise SamplerError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
@@ -189,7 +294,10 @@ def plan_epoch(durations: Sequence[float], edges: Sequence[float], batch_size: i
     sorted_epoch = not shuffle or (sortagrad and epoch == 0)
     # The epoch enters the seed as its own word so (seed, epoch) pairs never collide.
     rng = None if sorted_epoch else np.random.default_rng([seed, epoch])
-    steps = _global_steps(durations, buckets, len(edges), batch_size, shares, rng)
+    if per_bucket:
+        steps = _whole_steps(durations, buckets, len(edges), sizes, shares, rng)
+    else:
+        steps = _global_steps(durations, buckets, len(edges), sizes[0], shares, rng)
     if rng is not None:
         steps = [steps[position] for position in rng.permutation(len(steps))]
     plan = []
@@ -205,11 +313,14 @@ class BucketSampler:
 
     durations: seconds per utterance; edges: bucket upper edges (seconds); bucket_frames: frames
     to pad each bucket to (one per edge, e.g. from `mindaudio.data.dataset.bucket_frames`).
+    batch_size: utterances per batch (per rank and micro-batch), unless batch_frames > 0: then
+    each bucket's batch holds floor(batch_frames / its bucket_frames) utterances
+    (`batch_sizes_for_frames`) and buckets are filled to whole steps (see `plan_epoch`).
     """
 
     def __init__(self, durations: Sequence[float], edges: Sequence[float],
-                 bucket_frames: Sequence[int], batch_size: int, *, seed: int = 0,
-                 shuffle: bool = True, sortagrad: bool = False, rank: int = 0,
+                 bucket_frames: Sequence[int], batch_size: int, *, batch_frames: int = 0,
+                 seed: int = 0, shuffle: bool = True, sortagrad: bool = False, rank: int = 0,
                  world_size: int = 1, accumulation_steps: int = 1):
         if len(bucket_frames) != len(edges):
             raise SamplerError(f"{len(bucket_frames)} bucket frame lengths for "
@@ -217,7 +328,14 @@ class BucketSampler:
         self.durations = np.asarray(durations, dtype=np.float64)
         self.edges = tuple(float(edge) for edge in edges)
         self.bucket_frames = tuple(int(frames) for frames in bucket_frames)
-        self.batch_size = batch_size
+        self.batch_frames = int(batch_frames)
+        if self.batch_frames > 0:
+            # Buckets that hold no utterance need not fit the budget (max_duration may be generous).
+            used = np.unique(assign_buckets(self.durations, self.edges))
+            self.batch_size: Union[int, Tuple[int, ...]] = batch_sizes_for_frames(
+                self.bucket_frames, self.batch_frames, used)
+        else:
+            self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
         self.sortagrad = sortagrad

@@ -8,6 +8,10 @@ Data parallelism starts from the launcher, with no flag: `mpirun -n N python tra
 `msrun --worker_num=N ... train.py ...` (see `launcher.detect_launch`); `--is_distributed True`
 forces it for launches MindSpore sets up itself (e.g. an Ascend rank table). A plain
 `python train.py` is always one process.
+
+`Runtime.compile_cache_dir` is where compiled graphs are kept across runs
+(`RuntimeConfig.compile_cache`, `compile_cache_dir`; see `mindaudio.runtime.compile_cache`): set
+for one process on the CPU in graph mode, '' otherwise.
 """
 import os
 import tempfile
@@ -19,6 +23,7 @@ import mindspore as ms
 
 from mindaudio.config import RuntimeConfig, UserError
 from mindaudio.runtime import launcher
+from mindaudio.runtime.compile_cache import default_cache_dir
 from mindaudio.runtime.launcher import Launch, LaunchError, detect_launch
 
 
@@ -74,6 +79,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     launcher: str = launcher.SINGLE
+    # Where compiled graphs are kept across runs; '' = not kept (see compile_cache_root).
+    compile_cache_dir: str = ""
 
     @property
     def is_main(self) -> bool:
@@ -92,6 +99,15 @@ def _device_id(config: RuntimeConfig, launch: Launch) -> int:
     if launch.kind == launcher.MSRUN and os.environ.get("DEVICE_ID"):
         return launch.local_rank
     return config.device_id
+
+
+def compile_cache_root(config: RuntimeConfig, device: str) -> str:
+    """The compile cache's directory for `config` on `device`, or '' when graphs are not kept:
+    switched off, not graph mode, or not the CPU (the only device it was measured on)."""
+    if not config.compile_cache or config.mode != "GRAPH" or device != "CPU":
+        return ""
+    return os.path.abspath(os.path.expanduser(config.compile_cache_dir)) if config.compile_cache_dir \
+        else str(default_cache_dir())
 
 
 def setup_runtime(config: RuntimeConfig, seed: int, log_dir: Optional[str] = None,
@@ -121,7 +137,7 @@ def setup_runtime(config: RuntimeConfig, seed: int, log_dir: Optional[str] = Non
         ms.set_context(device_id=_device_id(config, launch))
     ms.set_seed(seed)
     if not (config.is_distributed or launch.distributed):
-        return Runtime()
+        return Runtime(compile_cache_dir=compile_cache_root(config, device))
     if launch.kind == launcher.MPI and device == "CPU":
         launcher.prepare_cpu_cluster(launch, os.environ, log_dir or tempfile.gettempdir())
     from mindspore.communication import get_group_size, get_rank, init

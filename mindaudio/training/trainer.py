@@ -15,7 +15,8 @@ from mindaudio.checkpoint import (CheckpointManager, TrainState, load_checkpoint
                                   training_parameters)
 from mindaudio.config import Config, check_files
 from mindaudio.data.augment import Augmentation
-from mindaudio.data.dataset import build_dataset, load_split, make_sampler
+from mindaudio.data.dataset import build_dataset, load_split
+from mindaudio.data.sampler import BucketSampler
 from mindaudio.data.features import hop_size
 from mindaudio.data.statistics import manifest_statistics
 from mindaudio.data.text import CharTokenizer
@@ -25,6 +26,7 @@ from mindaudio.models.deepspeech2 import output_length
 from mindaudio.runtime.collectives import CollectiveError, check_same_on_all_ranks, mean_over_ranks
 from mindaudio.runtime.device import Runtime, setup_runtime
 from mindaudio.training.plot import plot_training_log
+from mindaudio.training.precompile import precompile
 from mindaudio.training.run_lock import RunLock
 from mindaudio.training.train_step import build_update
 from mindaudio.training.validation import validate_shared
@@ -102,16 +104,24 @@ class Trainer:
                                       bucket_boundaries=train_cfg.bucket_boundaries,
                                       max_duration=train_cfg.max_duration,
                                       output_frames=output_length)
-        self.sampler = make_sampler(self.train_split, train_cfg.batch_size, train=True, seed=train_cfg.seed,
-                                    sortagrad=train_cfg.sortagrad, rank=self.runtime.rank,
-                                    world_size=self.runtime.world_size,
-                                    accumulation_steps=train_cfg.accumulation_steps)
+        # Built here rather than by dataset.make_sampler, which has no frame budget yet.
+        split = self.train_split
+        self.sampler = BucketSampler(split.durations, split.edges, split.bucket_frames, train_cfg.batch_size,
+                                     batch_frames=train_cfg.batch_frames, seed=train_cfg.seed, shuffle=True,
+                                     sortagrad=train_cfg.sortagrad, rank=self.runtime.rank,
+                                     world_size=self.runtime.world_size,
+                                     accumulation_steps=train_cfg.accumulation_steps)
         self.val_split = None
         if train_cfg.val_manifest:
             self.val_split = load_split(train_cfg.val_manifest, self.tokenizer, config.SpectConfig,
                                         bucket_boundaries=train_cfg.bucket_boundaries)
         if self.runtime.is_main:
             print(self.train_split.summary())
+            if train_cfg.batch_frames:
+                used = sorted({batch.bucket for batch in self.sampler.batches(0)})
+                sizes = ", ".join(f"{split.edges[b]:g} s: {self.sampler.batch_size[b]}" for b in used)
+                print(f"batches by frames (TrainingConfig.batch_frames {train_cfg.batch_frames}): "
+                      f"utterances per batch by bucket ({sizes}); {len(self.sampler)} batches per epoch")
             if self.val_split is not None:
                 print(self.val_split.summary())
 
@@ -231,6 +241,12 @@ class Trainer:
         last_path = None
         seconds_per_frame = hop_size(self.config.SpectConfig) / self.config.SpectConfig.sample_rate
         update = self.update
+        if self.runtime.compile_cache_dir and self.state.epoch < cfg.epochs:
+            # Every shape compiled now, in a fixed order, so that a run that compiled them before
+            # loads them from the cache (the plan's shapes are the same every epoch).
+            precompile(self.runtime.compile_cache_dir, self.config, self.runtime.world_size, update,
+                       self.model, self.train_split, self.sampler.batches(self.state.epoch), self.val_split,
+                       log=print if self.runtime.is_main else (lambda _: None))
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch
             lr = learning_rate_for_epoch(self.config, epoch)
