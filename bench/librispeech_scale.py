@@ -25,8 +25,13 @@ max_duration 35 s, batch 64, SortaGrad, 2 workers):
 - plan an epoch: one shuffled epoch (epoch 1) planned by `BucketSampler.batches`, by count
   (batch 64) and by frames (`batch_frames` 80,000 = 64 x 1250 frames, the original's padded batch);
 - memory (resident, RSS, in MB over the process's RSS just before `load_split`): held by the
-  split, both samplers and their plans; peak while starting (sampled every 5 ms); and with the
+  split, both samplers and their plans; the peak while loading and planning (sampled every 5 ms,
+  the parsed manifest included); and with the
   epoch's dataset built and its first batch out (MindSpore's dataset engine included).
+
+Also listed: batches per epoch and the distinct training input shapes (batch, frames, label
+padding) of each plan, i.e. the graphs the trainer compiles before its first step: the one part of
+the time to the first step besides the above that could depend on N.
 
 Times are CPU seconds of the process (all its threads): on a shared machine they do not count
 waiting for a core; wall seconds are in the JSON. The pure parts (sampler, plans) are the fastest
@@ -75,7 +80,7 @@ FIGURES = (
     ("plan an epoch, batch 64", "plan_count_cpu_s", "s", 3),
     ("plan an epoch, batch_frames 80,000", "plan_frames_cpu_s", "s", 3),
     ("memory: split + samplers + plans (RSS)", "held_mb", "MB", 1),
-    ("memory: peak while starting (RSS)", "peak_mb", "MB", 1),
+    ("memory: peak while loading + planning (RSS)", "peak_mb", "MB", 1),
     ("memory: split + running pipeline (RSS)", "pipeline_mb", "MB", 1),
 )
 
@@ -216,39 +221,46 @@ def measure_size(manifest: Path, batch_size: int = BATCH_SIZE, batch_frames: int
             lambda: frames_sampler.batches(1), plan_repeats)
         gc.collect()
         result["held_mb"] = _rss_mb() - rss_start
-        # Fill the placeholder files the first batch reads: not part of the start-up.
-        result["audio_written_s"] = workloads.materialize(
-            [split.utterances[i] for i in batches[0].indices], signal)
-        clock = _Clock()
-        dataset = build_dataset(split, spect, batches, tokenizer.blank_id, num_workers)
-        iterator = dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
-        features, feature_lengths, labels, label_lengths, indices = next(iterator)
-        build_cpu, build_wall = clock.elapsed()
-        # The pipeline would go on with later batches (from the empty placeholders): stop it.
-        iterator.stop()
-        result["first_batch_cpu_s"] = result["load_cpu_s"] + result["sampler_cpu_s"] + build_cpu
-        result["first_batch_wall_s"] = result["load_wall_s"] + result["sampler_wall_s"] + build_wall
-        gc.collect()
-        result["pipeline_mb"] = _rss_mb() - rss_start
-        del dataset, iterator
-        result.update(first_batch_shape=list(features.shape),
-                      first_batch_finite=bool(np.isfinite(features).all()),
-                      first_batch_indices=[int(i) for i in indices],
-                      first_batch_planned=list(batches[0].indices),
-                      first_batch_frames=batches[0].frames,
-                      first_batch_label_lengths=[int(n) for n in label_lengths],
-                      first_batch_feature_lengths=[int(n) for n in feature_lengths])
-
     result["peak_mb"] = peak.peak - rss_start
+    # Fill the placeholder files the first batch reads: not part of the start-up.
+    result["audio_written_s"] = workloads.materialize(
+        [split.utterances[i] for i in batches[0].indices], signal)
+    clock = _Clock()
+    dataset = build_dataset(split, spect, batches, tokenizer.blank_id, num_workers)
+    iterator = dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
+    features, feature_lengths, labels, label_lengths, indices = next(iterator)
+    build_cpu, build_wall = clock.elapsed()
+    # The pipeline would go on with later batches (from the empty placeholders): stop it.
+    iterator.stop()
+    result["first_batch_cpu_s"] = result["load_cpu_s"] + result["sampler_cpu_s"] + build_cpu
+    result["first_batch_wall_s"] = result["load_wall_s"] + result["sampler_wall_s"] + build_wall
+    gc.collect()
+    result["pipeline_mb"] = _rss_mb() - rss_start
+    del dataset, iterator
+    result.update(first_batch_shape=list(features.shape),
+                  first_batch_finite=bool(np.isfinite(features).all()),
+                  first_batch_indices=[int(i) for i in indices],
+                  first_batch_planned=list(batches[0].indices),
+                  first_batch_frames=batches[0].frames,
+                  first_batch_label_lengths=[int(n) for n in label_lengths],
+                  first_batch_feature_lengths=[int(n) for n in feature_lengths])
+
     result.update(
         utterances=len(split.utterances), dropped=split.drops.total,
         audio_hours=float(split.durations.sum()) / 3600.0,
         batches_count=len(count_plan), batches_frames=len(frames_plan),
+        shapes_count=_shapes(split, count_plan), shapes_frames=_shapes(split, frames_plan),
         count_plan_covers_all=_covers_all(count_plan, len(split.utterances)),
         frames_plan_covers_all=_covers_all(frames_plan, len(split.utterances)),
         frames_plan_max_padded=max(len(b.indices) * b.frames for b in frames_plan),
         count_plan_max_batch=max(len(b.indices) for b in count_plan))
     return result
+
+
+def _shapes(split, plan) -> int:
+    """Distinct training input shapes (batch, frames, label padding) of a plan: the graphs the
+    trainer compiles before its first step (`mindaudio.training.precompile`)."""
+    return len({(len(batch.indices), batch.frames, split.label_pad[batch.bucket]) for batch in plan})
 
 
 def _covers_all(plan, utterances: int) -> bool:
@@ -288,7 +300,9 @@ def table(results: List[Dict], points: int = SLOPE_POINTS, limit: float = SLOPE_
                      + f" | {'n/a' if slope is None else f'{slope:.2f}'} | {verdict} |")
     for label, key in (("utterances kept", "utterances"), ("audio (h)", "audio_hours"),
                        ("batches per epoch, batch 64", "batches_count"),
-                       ("batches per epoch, batch_frames", "batches_frames")):
+                       ("batches per epoch, batch_frames", "batches_frames"),
+                       ("input shapes to compile, batch 64", "shapes_count"),
+                       ("input shapes to compile, batch_frames", "shapes_frames")):
         lines.append(f"| {label} | " + " | ".join(
             f"{r[key]:,.0f}" if key != "audio_hours" else f"{r[key]:,.1f}" for r in results)
             + " | | |")

@@ -97,6 +97,8 @@ def test_measure_size_runs_the_pipeline_it_reports(manifest):
     assert result["count_plan_max_batch"] == 16
     assert result["batches_count"] >= math.ceil(SIZE / 16)
     assert result["frames_plan_max_padded"] <= 4000
+    assert 1 <= result["shapes_count"] <= result["batches_count"]
+    assert 1 <= result["shapes_frames"] <= result["batches_frames"]
     for key in ("load_cpu_s", "sampler_cpu_s", "first_batch_cpu_s", "plan_count_cpu_s",
                 "plan_frames_cpu_s"):
         assert result[key] >= 0
@@ -122,7 +124,7 @@ def test_table_marks_superlinear_figures_fail():
         row = {key: 1e-3 * n for _, key, _, _ in scale.FIGURES}
         row["plan_count_cpu_s"] = 1e-7 * n * n  # quadratic
         row.update(size=n, utterances=n, audio_hours=n / 300.0, batches_count=n // 64,
-                   batches_frames=n // 60)
+                   batches_frames=n // 60, shapes_count=20, shapes_frames=13)
         results.append(row)
     lines = scale.table(results)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
