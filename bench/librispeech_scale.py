@@ -35,7 +35,7 @@ the time to the first step besides the above that could depend on N.
 
 Times are CPU seconds of the process (all its threads): on a shared machine they do not count
 waiting for a core; wall seconds are in the JSON. The pure parts (sampler, plans) are the fastest
-of 3 runs. The growth exponent of each figure is the
+of 5 runs. The growth exponent of each figure is the
 least-squares slope of log(figure) against log(N) over the three largest sizes (N doubling each
 time); PASS means <= 1.15: not faster than linear, allowing for noise.
 """
@@ -184,7 +184,7 @@ def _count_sampler(split, batch_size: int, seed: int, sortagrad: bool):
 
 
 def measure_size(manifest: Path, batch_size: int = BATCH_SIZE, batch_frames: int = BATCH_FRAMES,
-                 num_workers: int = 2, seed: int = 1, plan_repeats: int = 3) -> Dict:
+                 num_workers: int = 2, seed: int = 1, plan_repeats: int = 5) -> Dict:
     """What the trainer does with `manifest` before its first step, timed, and one shuffled
     epoch planned both ways (the fastest of `plan_repeats` plans). Returns a dict of figures
     (see the module docstring) plus what a test can check them against: utterances kept,
