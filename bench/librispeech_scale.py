@@ -26,8 +26,8 @@ max_duration 35 s, batch 64, SortaGrad, 2 workers):
   (batch 64) and by frames (`batch_frames` 80,000 = 64 x 1250 frames, the original's padded batch);
 - memory (resident, RSS, in MB over the process's RSS just before `load_split`): held by the
   split, both samplers and their plans; the peak while loading and planning (sampled every 5 ms,
-  the parsed manifest included); and with the
-  epoch's dataset built and its first batch out (MindSpore's dataset engine included).
+  the parsed manifest included); and with the epoch's dataset built and its first batch out
+  (MindSpore's dataset engine included).
 
 Also listed: batches per epoch and the distinct training input shapes (batch, frames, label
 padding) of each plan, i.e. the graphs the trainer compiles before its first step: the one part of
@@ -35,9 +35,9 @@ the time to the first step besides the above that could depend on N.
 
 Times are CPU seconds of the process (all its threads): on a shared machine they do not count
 waiting for a core; wall seconds are in the JSON. The pure parts (sampler, plans) are the fastest
-of 5 runs. The growth exponent of each figure is the
-least-squares slope of log(figure) against log(N) over the three largest sizes (N doubling each
-time); PASS means <= 1.15: not faster than linear, allowing for noise.
+of 5 runs. The growth exponent of each figure is the least-squares slope of log(figure) against
+log(N) over the three largest sizes (N doubling each time); PASS means <= 1.15: not faster than
+linear, allowing for noise.
 """
 from __future__ import annotations
 
