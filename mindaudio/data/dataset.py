@@ -227,8 +227,9 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
     labels, unknown, with_digits = encode_transcripts(utterances, tokenizer)
     # A manifest duration of 0 is an empty recording (a header of 0 frames): no features to
     # compute, so it is left out and named, never counted as a label too long for the output.
+    digit_positions = set(with_digits)
     empty_audio = [position for position, utterance in enumerate(utterances)
-                   if utterance.duration <= 0 and position not in set(with_digits)]
+                   if utterance.duration <= 0 and position not in digit_positions]
     for position in empty_audio:
         logger.warning("%s: %s holds no audio (duration 0): utterance left out",
                        utterances[position].source or manifest, utterances[position].audio_path)
