@@ -18,8 +18,7 @@ import urllib.parse
 from pathlib import Path
 
 from mindaudio.checkpoint.errors import CheckpointDownloadError
-
-CACHE_ENV = "MINDAUDIO_CACHE"
+from mindaudio.host import CACHE_ENV, user_cache_dir
 _TIMEOUT_SECONDS = 60.0
 
 
@@ -28,11 +27,8 @@ def is_url(path_or_url) -> bool:
 
 
 def cache_root() -> Path:
-    """`$MINDAUDIO_CACHE`, else `$XDG_CACHE_HOME/mindaudio`, else `~/.cache/mindaudio`."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mindaudio"
+    """The user's cache folder (`mindaudio.host.user_cache_dir`)."""
+    return user_cache_dir()
 
 
 def cached_path(url: str) -> Path:

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import mindspore as ms
 
+from mindaudio import host
 from mindaudio.checkpoint.errors import CheckpointError
 from mindaudio.checkpoint.source import describe_source, resolve_checkpoint
 
@@ -195,15 +196,7 @@ def partial_owner(name: str) -> Optional[Tuple[str, int]]:
 
 def process_alive(pid: int) -> bool:
     """Whether a process with this id runs on this host (a reused id reads as alive: kept, never lost)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or host.process_alive(pid)
 
 
 def is_own_or_stale_partial(name: str) -> bool:

@@ -50,11 +50,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import mindaudio  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before mindspore loads)
 import mindspore as ms
+
+from mindaudio.host import process_alive, user_cache_dir
 from mindspore import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "MINDAUDIO_CACHE"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _GRAPH_NAME = "graph_{:04d}.mindir"
 _HASH_NAME = "compile_dependency.hash"
@@ -82,10 +83,7 @@ _STALE_PENDING_S = 3600.0
 def default_cache_dir() -> Path:
     """`$MINDAUDIO_CACHE/compile`, else `$XDG_CACHE_HOME/mindaudio/compile`, else
     `~/.cache/mindaudio/compile` (beside the checkpoint download cache)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser() / "compile"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mindaudio" / "compile"
+    return user_cache_dir() / "compile"
 
 
 @dataclass(frozen=True)
@@ -151,21 +149,11 @@ def _process_staging() -> str:
     for name in os.listdir(temp):
         if name.startswith(_STAGING_PREFIX):
             pid = name[len(_STAGING_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
                 shutil.rmtree(os.path.join(temp, name), ignore_errors=True)
     _staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-")
     atexit.register(shutil.rmtree, _staging, True)
     return _staging
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CompileCache:

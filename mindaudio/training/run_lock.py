@@ -20,6 +20,7 @@ import time
 from typing import Optional
 
 from mindaudio.config import UserError
+from mindaudio.host import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +45,6 @@ def _process_start(pid: int) -> Optional[str]:
     # Field 22; the command name (field 2) may hold spaces, so count after its closing ')'.
     fields = stat.rsplit(")", 1)[-1].split()
     return fields[19] if len(fields) > 19 else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _describe(owner: dict) -> str:
@@ -92,7 +83,7 @@ class RunLock:
         if owner.get("host") != socket.gethostname():
             return None
         pid = owner["pid"]
-        if not _pid_alive(pid):
+        if not process_alive(pid):
             return f"process {pid} is no longer running"
         start = _process_start(pid)
         if owner.get("pid_start") and start and start != owner["pid_start"]:
