@@ -50,7 +50,6 @@ def _child(args) -> dict:
     from mindaudio.config import load_config
     from mindaudio.data.dataset import PaddedBatchSource, load_split, make_sampler
     from mindaudio.data.features import hop_size
-    from mindaudio.data.sampler import BucketSampler
     from mindaudio.data.text import CharTokenizer
     from mindaudio.models.build import build_model
     from mindaudio.models.deepspeech2 import output_length
@@ -67,8 +66,8 @@ def _child(args) -> dict:
                              max_duration=train.max_duration, output_frames=output_length)
     val_split = load_split(args.val_manifest, tokenizer, spect, bucket_boundaries=train.bucket_boundaries)
     budget = args.budget if args.scheme == "frames" else 0
-    sampler = BucketSampler(train_split.durations, train_split.edges, train_split.bucket_frames, train.batch_size,
-                            batch_frames=budget, seed=train.seed, shuffle=True, sortagrad=train.sortagrad)
+    sampler = make_sampler(train_split, train.batch_size, train=True, batch_frames=budget, seed=train.seed,
+                           sortagrad=train.sortagrad)
     plan = sampler.batches(1)
     if args.quick:
         plan = plan[:12]

@@ -287,17 +287,18 @@ def load_split(manifest_path, tokenizer: CharTokenizer, spect: SpectConfig, *,
     return split
 
 
-def make_sampler(split: Split, batch_size: int, *, train: bool, seed: int = 0,
+def make_sampler(split: Split, batch_size: int, *, train: bool, batch_frames: int = 0, seed: int = 0,
                  sortagrad: bool = False, rank: int = 0, world_size: int = 1,
                  accumulation_steps: int = 1) -> BucketSampler:
     """The batch planner for a split: shuffled per epoch if `train`, else sorted by length.
 
-    batch_size is per rank and micro-batch; each optimizer step gives every rank
-    `accumulation_steps` batches (see `sampler.plan_epoch`).
+    batch_size is per rank and micro-batch, unless `batch_frames` > 0 sizes each bucket's batches
+    by that frame budget instead; each optimizer step gives every rank `accumulation_steps`
+    batches (see `sampler.plan_epoch`).
     """
     return BucketSampler(split.durations, split.edges, split.bucket_frames, batch_size,
-                         seed=seed, shuffle=train, sortagrad=sortagrad, rank=rank,
-                         world_size=world_size, accumulation_steps=accumulation_steps)
+                         batch_frames=batch_frames, seed=seed, shuffle=train, sortagrad=sortagrad,
+                         rank=rank, world_size=world_size, accumulation_steps=accumulation_steps)
 
 
 class PaddedBatchSource:

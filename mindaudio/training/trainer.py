@@ -15,8 +15,7 @@ from mindaudio.checkpoint import (CheckpointManager, TrainState, load_checkpoint
                                   training_parameters)
 from mindaudio.config import Config, check_files
 from mindaudio.data.augment import Augmentation
-from mindaudio.data.dataset import build_dataset, load_split
-from mindaudio.data.sampler import BucketSampler
+from mindaudio.data.dataset import build_dataset, load_split, make_sampler
 from mindaudio.data.features import hop_size
 from mindaudio.data.statistics import manifest_statistics
 from mindaudio.data.text import CharTokenizer
@@ -104,13 +103,11 @@ class Trainer:
                                       bucket_boundaries=train_cfg.bucket_boundaries,
                                       max_duration=train_cfg.max_duration,
                                       output_frames=output_length)
-        # Built here rather than by dataset.make_sampler, which has no frame budget yet.
         split = self.train_split
-        self.sampler = BucketSampler(split.durations, split.edges, split.bucket_frames, train_cfg.batch_size,
-                                     batch_frames=train_cfg.batch_frames, seed=train_cfg.seed, shuffle=True,
-                                     sortagrad=train_cfg.sortagrad, rank=self.runtime.rank,
-                                     world_size=self.runtime.world_size,
-                                     accumulation_steps=train_cfg.accumulation_steps)
+        self.sampler = make_sampler(split, train_cfg.batch_size, train=True, batch_frames=train_cfg.batch_frames,
+                                    seed=train_cfg.seed, sortagrad=train_cfg.sortagrad, rank=self.runtime.rank,
+                                    world_size=self.runtime.world_size,
+                                    accumulation_steps=train_cfg.accumulation_steps)
         self.val_split = None
         if train_cfg.val_manifest:
             self.val_split = load_split(train_cfg.val_manifest, self.tokenizer, config.SpectConfig,
