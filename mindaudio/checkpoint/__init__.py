@@ -6,13 +6,13 @@ from mindaudio.checkpoint.loading import (ORIGINAL_ONLY, Resumed, WeightsLoad, i
                                           load_model_weights, restore_parameters, restore_training, state_at_step,
                                           training_parameters)
 from mindaudio.checkpoint.manager import CheckpointManager
-from mindaudio.checkpoint.source import CACHE_ENV, cache_root, cached_path, is_url, resolve_checkpoint
+from mindaudio.checkpoint.source import CACHE_ENV, cached_path, is_url, resolve_checkpoint
 from mindaudio.checkpoint.store import (TrainState, load_checkpoint, partial_name, read_checkpoint,
                                         save_atomic, verify_crc)
 
 __all__ = [
     "CACHE_ENV", "CheckpointDownloadError", "CheckpointError", "CheckpointManager", "ORIGINAL_ONLY",
-    "Resumed", "TrainState", "WeightsLoad", "cache_root", "cached_path", "is_training_entry", "is_url",
+    "Resumed", "TrainState", "WeightsLoad", "cached_path", "is_training_entry", "is_url",
     "load_checkpoint", "load_model_weights", "partial_name", "read_checkpoint", "resolve_checkpoint",
     "restore_parameters", "restore_training", "save_atomic", "state_at_step", "training_parameters", "verify_crc",
 ]

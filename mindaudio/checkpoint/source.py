@@ -26,11 +26,6 @@ def is_url(path_or_url) -> bool:
     return isinstance(path_or_url, str) and path_or_url.lower().startswith(("http://", "https://"))
 
 
-def cache_root() -> Path:
-    """The user's cache folder (`mindaudio.host.user_cache_dir`)."""
-    return user_cache_dir()
-
-
 def cached_path(url: str) -> Path:
     """Where `url`'s file lives in the cache: `<basename without .ckpt>-<10 hex of sha256(url)>.ckpt`."""
     name = urllib.parse.unquote(os.path.basename(urllib.parse.urlparse(url).path)) or "checkpoint.ckpt"
@@ -38,7 +33,7 @@ def cached_path(url: str) -> Path:
     stem = name[:-len(".ckpt")] if name.lower().endswith(".ckpt") else name
     digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:10]
     # Always `.ckpt`: MindSpore reads a checkpoint only under that suffix.
-    return cache_root() / "checkpoints" / f"{stem}-{digest}.ckpt"
+    return user_cache_dir() / "checkpoints" / f"{stem}-{digest}.ckpt"
 
 
 def describe_source(url: str, local: str) -> str:
