@@ -14,6 +14,7 @@ were tuned on.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import numpy as np
@@ -89,12 +90,18 @@ def mel_filterbank(spect: SpectConfig) -> np.ndarray:
     """Triangular filters, float32 (mel_bands, fft bins), from 0 Hz to the Nyquist frequency:
     band k rises from centre k-1 to 1 at centre k and falls to 0 at centre k+1 (centres equally
     spaced in mel). A band narrower than the FFT's bin spacing is widened to the nearest bin, so
-    none is empty. Peak weight 1 (not area-normalised): a flat spectrum gives equal bands."""
-    bands, bins = spect.mel_bands, num_fft_bins(spect)
-    if bands < 1:
-        raise ValueError(f"a mel filterbank needs mel_bands >= 1, got {bands}")
-    bin_hz = np.linspace(0.0, spect.sample_rate / 2.0, bins)
-    edges_hz = mel_to_hz(np.linspace(0.0, hz_to_mel(spect.sample_rate / 2.0), bands + 2))
+    none is empty. Peak weight 1 (not area-normalised): a flat spectrum gives equal bands.
+    Read-only: one array per geometry, shared by every call."""
+    if spect.mel_bands < 1:
+        raise ValueError(f"a mel filterbank needs mel_bands >= 1, got {spect.mel_bands}")
+    return _mel_weights(spect.sample_rate, num_fft_bins(spect), spect.mel_bands)
+
+
+# Features ask for the filterbank once per utterance (and per streamed chunk): build it once.
+@functools.lru_cache(maxsize=8)
+def _mel_weights(sample_rate: int, bins: int, bands: int) -> np.ndarray:
+    bin_hz = np.linspace(0.0, sample_rate / 2.0, bins)
+    edges_hz = mel_to_hz(np.linspace(0.0, hz_to_mel(sample_rate / 2.0), bands + 2))
     weights = np.zeros((bands, bins))
     for k in range(bands):
         low, centre, high = edges_hz[k:k + 3]
@@ -103,7 +110,9 @@ def mel_filterbank(spect: SpectConfig) -> np.ndarray:
         weights[k] = np.clip(np.minimum(rising, falling), 0.0, None)
         if not weights[k].any():
             weights[k, int(np.argmin(np.abs(bin_hz - centre)))] = 1.0
-    return weights.astype(np.float32)
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def frequency_bands(magnitude: np.ndarray, spect: SpectConfig) -> np.ndarray:
