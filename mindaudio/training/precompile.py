@@ -18,11 +18,12 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindaudio.config import Config
-from mindaudio.data.dataset import Split, make_sampler
+from mindaudio.data.dataset import Split
 from mindaudio.data.features import num_freq_bins
 from mindaudio.data.sampler import Batch
 from mindaudio.runtime.compile_cache import CompileCache, CompileReport, Graph, describe
 from mindaudio.training.train_step import Update
+from mindaudio.training.validation import validation_batches
 
 
 def _batch_shapes(split: Split, batches: Sequence[Batch]) -> List[tuple]:
@@ -46,7 +47,7 @@ def training_graphs(update: Update, split: Split, batches: Sequence[Batch], conf
 def validation_graphs(model: nn.Cell, split: Split, config: Config) -> List[Graph]:
     """The model's forward pass (eval mode) for every input shape of validation's plan."""
     freq = num_freq_bins(config.SpectConfig)
-    batches = make_sampler(split, config.EvalConfig.batch_size, train=False).batches(0)
+    batches = validation_batches(split, config)
     return [Graph(f"validate {size}x{frames}", model,
                   (Tensor(np.zeros((size, 1, freq, frames), np.float32)), Tensor(np.ones(size, np.int32))))
             for size, frames, _ in _batch_shapes(split, batches)]

@@ -12,7 +12,7 @@ for MS_NODE_TIMEOUT seconds (30 by default), which a long validation on rank 0 a
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import jiwer
 import numpy as np
@@ -21,6 +21,7 @@ import mindspore as ms
 
 from mindaudio.config import Config
 from mindaudio.data.dataset import Split, build_dataset, make_sampler
+from mindaudio.data.sampler import Batch
 from mindaudio.data.text import CharTokenizer
 from mindaudio.evaluation import transcribe_batches
 from mindaudio.runtime.collectives import broadcast_parameters, sum_over_ranks
@@ -57,6 +58,12 @@ def rates_from_counts(counts: Sequence[int]) -> Tuple[float, float]:
             100.0 * counts[CHAR_EDITS] / counts[REFERENCE_CHARS])
 
 
+def validation_batches(split: Split, config: Config, rank: int = 0, world_size: int = 1) -> List[Batch]:
+    """One rank's share of validation's plan: `EvalConfig.batch_size`, sorted by length."""
+    return make_sampler(split, config.EvalConfig.batch_size, train=False, rank=rank,
+                        world_size=world_size).batches(0)
+
+
 def validate_shared(model: ms.nn.Cell, split: Split, config: Config, tokenizer: CharTokenizer,
                     runtime: Runtime, progress: bool = True) -> Tuple[float, float]:
     """Greedy (WER, CER) in percent of `model` over `split`, each rank decoding its share.
@@ -64,8 +71,7 @@ def validate_shared(model: ms.nn.Cell, split: Split, config: Config, tokenizer: 
     Collective: every rank must call it at the same point. Leaves the model in eval mode.
     """
     broadcast_parameters(model.untrainable_params())
-    batches = make_sampler(split, config.EvalConfig.batch_size, train=False, rank=runtime.rank,
-                           world_size=runtime.world_size).batches(0)
+    batches = validation_batches(split, config, runtime.rank, runtime.world_size)
     dataset = build_dataset(split, config.SpectConfig, batches, tokenizer.blank_id,
                             config.TrainingConfig.num_workers)
     hypotheses = transcribe_batches(model, dataset.create_dict_iterator(num_epochs=1, output_numpy=True),
