@@ -139,6 +139,9 @@ class ModelConfig:
     # True: results do not depend on padding. False: the original's computation (the backward
     # LSTM reads the padding first; convolution outputs are not zeroed beyond each length).
     masked: bool = True
+    # Dropout probability on the input of every LSTM layer after the first and on the last
+    # layer's output (training only). 0 (the original's model) adds no operation at all.
+    dropout: float = 0.0
 
 
 @dataclass
@@ -406,6 +409,8 @@ def validate(config: Config) -> None:
              f"must be >= 0, got {config.runtime.device_id}")
     _require(m.hidden_size >= 1 and m.hidden_layers >= 1, config, "ModelConfig",
              "hidden_size and hidden_layers must be >= 1")
+    _require(0.0 <= m.dropout < 1.0, config, "ModelConfig.dropout",
+             f"must be in [0, 1) (a probability), got {m.dropout}")
     _require(m.lookahead_context >= 0, config, "ModelConfig.lookahead_context",
              f"must be >= 0 (future output frames), got {m.lookahead_context}")
     _require(o.learning_rate > 0, config, "OptimConfig.learning_rate", "must be > 0")

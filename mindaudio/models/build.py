@@ -19,7 +19,8 @@ def build_model(config: Config, seed: Optional[int] = None, feature_statistics=N
                             masked=model_cfg.masked, rng=np.random.default_rng(seed),
                             bidirectional=model_cfg.bidirectional,
                             lookahead_context=model_cfg.lookahead_context,
-                            fixed_normalisation=config.SpectConfig.normalisation == "fixed")
+                            fixed_normalisation=config.SpectConfig.normalisation == "fixed",
+                            dropout=model_cfg.dropout)
     if feature_statistics is not None:
         model.set_feature_statistics(*feature_statistics)
     return model

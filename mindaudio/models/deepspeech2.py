@@ -188,16 +188,20 @@ class LSTMLayer(nn.LSTM):
 class BatchRNN(nn.Cell):
     """Stack of `num_layers` LSTM layers in `lstms` (names `lstms.{i}.weight_ih_l0`, ...).
 
-    x: (T, B, input_size); lengths: (B,) int32 -> (T, B, hidden_size).
+    x: (T, B, input_size); lengths: (B,) int32 -> (T, B, hidden_size). With `dropout` > 0 the
+    input of every layer after the first and the last layer's output are dropped out in training.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool = True,
-                 masked: bool = True, rng: Optional[np.random.Generator] = None):
+                 masked: bool = True, rng: Optional[np.random.Generator] = None, dropout: float = 0.0):
         super().__init__()
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
         self.lstms = nn.CellList([
             LSTMLayer(size, hidden_size, bidirectional=bidirectional, masked=masked)
             for size in sizes])
+        # Between layers and after the last one; none at all when 0 (the original's model).
+        # Dropout keeps zeros zero, so the padding stays zero and results stay padding-free.
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else None
         self._initialize_weights(rng if rng is not None else np.random.default_rng(), hidden_size)
 
     def _initialize_weights(self, rng: np.random.Generator, hidden_size: int):
@@ -207,8 +211,12 @@ class BatchRNN(nn.Cell):
             param.set_data(ms.Tensor(rng.uniform(-bound, bound, param.shape).astype(np.float32)))
 
     def construct(self, x, lengths):
-        for layer in self.lstms:
+        for index, layer in enumerate(self.lstms):
+            if self.dropout is not None and index > 0:
+                x = self.dropout(x)
             x = layer(x, lengths)
+        if self.dropout is not None:
+            x = self.dropout(x)
         return x
 
 
@@ -272,6 +280,7 @@ class DeepSpeechModel(nn.Cell):
             `feature_mean`, `feature_std` (F,) (`set_feature_statistics`); the features then
             come un-normalised (`SpectConfig.normalisation: fixed`).
         masked: True makes results independent of padding; False computes exactly as the original.
+        dropout: probability of `BatchRNN`'s dropout in training (0: none, the original's model).
         rng: source of the initial weights (default: fresh entropy). Pass a seeded generator for
             reproducible initialisation.
 
@@ -286,7 +295,7 @@ class DeepSpeechModel(nn.Cell):
     def __init__(self, batch_size: int, labels: Sequence[str], rnn_hidden_size: int, nb_layers: int,
                  audio_conf, rnn_type: str = "LSTM", bidirectional: bool = True, masked: bool = True,
                  rng: Optional[np.random.Generator] = None, lookahead_context: int = 20,
-                 fixed_normalisation: bool = False):
+                 fixed_normalisation: bool = False, dropout: float = 0.0):
         super().__init__()
         if rnn_type.upper() != "LSTM":
             raise ValueError(f"only rnn_type 'LSTM' is supported, got {rnn_type!r}")
@@ -315,7 +324,7 @@ class DeepSpeechModel(nn.Cell):
         self.conv = MaskConv(masked=masked, rng=rng)
         self.RNN = BatchRNN(rnn_input_size(self.num_freq_bins),
                             rnn_hidden_size, nb_layers, bidirectional=bidirectional, masked=masked,
-                            rng=rng)
+                            rng=rng, dropout=dropout)
         if not bidirectional:
             self.lookahead = Lookahead(rnn_hidden_size, lookahead_context)
         fully_connected = nn.Dense(rnn_hidden_size, len(self.labels), has_bias=False)
