@@ -147,6 +147,14 @@ def test_log_magnitude_is_validated_against_original_compat(original_yaml):
     assert (config.SpectConfig.log_magnitude, config.SpectConfig.original_compat) == ("log", False)
 
 
+def test_dropout_must_be_a_probability_below_one(original_yaml):
+    assert load_config(str(original_yaml)).ModelConfig.dropout == 0.0
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(ConfigError, match="ModelConfig.dropout: must be in \\[0, 1\\)"):
+            load_config(str(original_yaml), {"ModelConfig.dropout": bad})
+    assert load_config(str(original_yaml), {"ModelConfig.dropout": "0.3"}).ModelConfig.dropout == 0.3
+
+
 def test_the_runtime_section_defaults_to_auto_and_takes_the_originals_mode_numbers(original_yaml, tmp_path):
     # The original's yaml has no RuntimeConfig section: the device is chosen automatically.
     assert load_config(str(original_yaml)).runtime.device_target == "auto"

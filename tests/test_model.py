@@ -213,6 +213,23 @@ def test_unidirectional_model_has_forward_parameters_only():
     assert not any(name.endswith("_reverse") for name in names)
 
 
+def test_dropout_acts_in_training_only_and_adds_no_parameters(real_features):
+    plain = DeepSpeechModel(4, DEFAULT_LABELS, SMALL_HIDDEN, SMALL_LAYERS, SpectConfig(),
+                            rng=np.random.default_rng(0))
+    dropped = DeepSpeechModel(4, DEFAULT_LABELS, SMALL_HIDDEN, SMALL_LAYERS, SpectConfig(),
+                              rng=np.random.default_rng(0), dropout=0.5)
+    assert [p.name for p in dropped.get_parameters()] == [p.name for p in plain.get_parameters()]
+    features, lengths = _pad_batch(real_features, 150)
+    plain.set_train(False)
+    dropped.set_train(False)
+    # Evaluation: dropout is the identity, so the same weights give the same logits.
+    np.testing.assert_allclose(_run(dropped, features, lengths)[0], _run(plain, features, lengths)[0],
+                               rtol=1e-5, atol=1e-6)
+    dropped.set_train(True)
+    first, second = _run(dropped, features, lengths)[0], _run(dropped, features, lengths)[0]
+    assert not np.allclose(first, second)  # a new mask every call
+
+
 # --- the LSTM layer against an independent reference -----------------------------------------
 
 def _numpy_lstm(x, w_ih, w_hh, b_ih, b_hh):
