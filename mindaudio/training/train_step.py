@@ -48,7 +48,9 @@ def _scale_fn(factor, x):
 
 @_square_sum.register("Tensor")
 def _square_sum_fn(x):
-    return ops.square(x.astype(ms.float32)).sum()
+    # Rows first: on CPU one ReduceSum over a whole (4096, 1024) tensor is about 10x slower than
+    # over its last axis and then the rows (it was 0.36 s of the full model's 0.6 s update).
+    return ops.square(x.astype(ms.float32)).sum(axis=-1).sum()
 
 
 @_zero.register("Tensor")
