@@ -206,8 +206,8 @@ def run(config_path: str, repeats: int) -> Dict:
                for name, update in updates.items()}
     one = Tensor(1.0, ms.float32)
 
-    def refill(update):
-        fillers[next(name for name, u in updates.items() if u is update)]().asnumpy()
+    def refill(name):
+        fillers[name]().asnumpy()
 
     def call(update):
         return float(update.apply(one).asnumpy())
@@ -229,14 +229,14 @@ def run(config_path: str, repeats: int) -> Dict:
     for fn in copies.values():  # compile + warm-up
         fn()
     for name, update in updates.items():
-        refill(update)
+        refill(name)
         norms[name] = call(update)
     # Every round times everything once, so each row's median sees the same load.
     for _ in range(repeats):
         for name, fn in copies.items():
             copy_times[name].append(timed(fn))
         for name, update in updates.items():
-            refill(update)
+            refill(name)
             times[name].append(timed(lambda: call(update)))
     cleared = all(not np.any(b.asnumpy()) for u in updates.values() for b in u.accumulate.accumulators)
 
