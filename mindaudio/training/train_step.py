@@ -252,13 +252,16 @@ class Update:
         self.accumulate = AccumulateGradients(NetWithCTCLoss(model), weights, accumulators, optim.loss_scale,
                                               reducer)
         # fused None: the fused update when its kernels build here; False: MindSpore's composition.
-        # The kernels read and write float32 only.
+        # The kernels are host C++ reading and writing float32 only: on Ascend or GPU the
+        # parameters live in device memory, so only a CPU run can use them.
         kernels = None
-        if fused is not False and all(p.dtype == ms.float32 for p in weights):
+        on_cpu = ms.get_context("device_target") == "CPU"
+        if fused is not False and on_cpu and all(p.dtype == ms.float32 for p in weights):
             kernels = load_kernels()
         if fused and kernels is None:
             raise RuntimeError("the fused optimizer kernels are unavailable: no C++ compiler or the build failed "
-                               "(see the warning above), MINDAUDIO_FUSED_ADAM=0, or parameters not float32")
+                               "(see the warning above), MINDAUDIO_FUSED_ADAM=0, a device other than the CPU, or "
+                               "parameters not float32")
         if kernels is not None:
             self.apply = FusedApplyGradients(kernels, self.optimizer, accumulators, optim.loss_scale,
                                              optim.max_grad_norm, optim.weight_decay)
