@@ -124,8 +124,8 @@ def _audio_seconds(split, batches, seconds_cap: float) -> float:
     return float(sum(min(durations[i], seconds_cap) for batch in batches for i in batch.indices))
 
 
-def _plan(split, batch_size: int, train: bool, strata: int):
-    plan = (make_sampler(split, batch_size, train=True, seed=1).batches(epoch=1) if train
+def _plan(split, batch_size: int, train: bool, strata: int, batch_frames: int = 0):
+    plan = (make_sampler(split, batch_size, train=True, batch_frames=batch_frames, seed=1).batches(epoch=1) if train
             else make_sampler(split, batch_size, train=False).batches(0))
     return plan, quantile_batches(plan, split.durations, strata)
 
@@ -160,11 +160,12 @@ def _plan_stats(split, plan, cap, seconds_per_frame) -> Dict:
 
 
 def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, strata: int,
-                     repeats: int, max_utterances: int, pick: int = -1) -> Dict:
+                     repeats: int, max_utterances: int, pick: int = -1, batch_frames: int = 0) -> Dict:
     """Training step times for a stratified sample of a real epoch plan on the train-clean-5
     length mix (all sampled batches, or only sample `pick`: MindSpore keeps every compiled
-    shape's memory, so each full-model shape gets its own process). Summarised by
-    bench.summary.summarize_throughput."""
+    shape's memory, so each full-model shape gets its own process); batches of `batch_size`
+    utterances, or sized per bucket by a budget of `batch_frames` padded frames when > 0.
+    Summarised by bench.summary.summarize_throughput."""
     config = make_config(hidden, layers, baseline)
     spect, train = config.SpectConfig, config.TrainingConfig
     tokenizer = CharTokenizer.from_config(config)
@@ -184,14 +185,15 @@ def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, 
         split = load_split(manifest, tokenizer, spect, bucket_boundaries=train.bucket_boundaries,
                            max_duration=train.max_duration, output_frames=output_length,
                            fixed_frames=train.fixed_frames)
-        plan, chosen = _plan(split, batch_size, True, strata)
+        plan, chosen = _plan(split, batch_size, True, strata, batch_frames)
         if pick >= 0:
             chosen = chosen[pick:pick + 1]
         records = _sample_records(split, spect, chosen, tokenizer.blank_id, cap, step,
                                   lambda data: update.accumulate.compile(*data),
                                   lambda arr: tuple(Tensor(a) for a in arr[:4]), repeats)
     result = _plan_stats(split, plan, cap, seconds_per_frame)
-    result.update(batch_size=batch_size, samples=records, optimizer_compile_s=optimizer_compile,
+    result.update(batch_size=batch_size, batch_frames=batch_frames, samples=records,
+                  optimizer_compile_s=optimizer_compile,
                   flops_per_audio_s=train_flops_per_second(hidden, layers, len(config.labels), spect),
                   peak_rss_mb=peak_rss_mb())
     return result

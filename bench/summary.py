@@ -29,6 +29,7 @@ def summarize_throughput(parts: List[Dict]) -> Dict:
     summary = {key: first[key] for key in ("batch_size", "utterances", "batches", "epoch_audio_s",
                                            "cropped_s", "padded_over_audio", "shapes_in_epoch",
                                            "flops_per_audio_s")}
+    summary["batch_frames"] = first.get("batch_frames", 0)
     throughput = first["epoch_audio_s"] / epoch_time
     summary.update(
         sampled_batches=len(samples), throughput=throughput, epoch_s=epoch_time,
