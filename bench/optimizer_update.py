@@ -251,7 +251,9 @@ def run(config_path: str, repeats: int) -> Dict:
         variants[name] = {"median_s": median, "best_s": best, "gb_per_s": ideal_bytes / median / 1e9,
                           "x_limit": median / limit_s["median"], "x_limit_best": best / limit_s["best"],
                           "first_norm": norms[name], "times_s": ts}
-    return {"config": config_path, "parameters": elements, "tensors": len(weights), "repeats": repeats,
+    # Recorded relative to the repository, so the JSON reads the same on every checkout.
+    shown = os.path.relpath(os.path.abspath(config_path), Path(__file__).resolve().parents[1])
+    return {"config": shown, "parameters": elements, "tensors": len(weights), "repeats": repeats,
             "ideal_bytes": ideal_bytes, "ideal_passes": IDEAL_PASSES,
             "copy_gb_per_s": copy_rates, "copy_times_s": copy_times, "best_copy": best_copy,
             "limit_s": limit_s, "variants": variants, "buffers_cleared": cleared}
