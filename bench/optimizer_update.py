@@ -117,8 +117,6 @@ def _copy_in_place_fn(target, source):
 
 
 _full_square_sum = ops.MultitypeFuncGraph("full_square_sum")
-_scale = ops.MultitypeFuncGraph("scale")
-_zero = ops.MultitypeFuncGraph("zero")
 
 
 @_full_square_sum.register("Tensor")
@@ -126,29 +124,13 @@ def _full_square_sum_fn(x):
     return ops.square(x.astype(ms.float32)).sum()
 
 
-@_scale.register("Tensor", "Tensor")
-def _scale_fn(factor, x):
-    return x * factor.astype(x.dtype)
-
-
-@_zero.register("Tensor")
-def _zero_fn(x):
-    return ops.assign(x, ops.zeros_like(x))
-
-
 class ApplyGradientsBefore(ApplyGradients):
     """`ApplyGradients` as it was before the fused update: the same, except that each tensor's
     sum of squares is one ReduceSum over the whole tensor (slow on CPU)."""
 
-    def construct(self, micro_batches):
-        grads = self.hyper_map(ops.partial(_scale, 1.0 / (self.loss_scale * micro_batches)), self.accumulators)
-        norm = ops.sqrt(ops.addn(self.hyper_map(_full_square_sum, grads)))
-        if self.clip:
-            factor = self.max_grad_norm / ops.maximum(norm, self.max_grad_norm)
-            grads = self.hyper_map(ops.partial(_scale, factor), grads)
-        updated = self.optimizer(grads)
-        cleared = self.hyper_map(_zero, ops.depend(self.accumulators, updated))
-        return ops.depend(norm, cleared)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.square_sum = _full_square_sum
 
 
 def numpy_copy(elements: int, threads: int, in_place: bool = False) -> Callable[[], None]:
