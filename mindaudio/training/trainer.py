@@ -127,7 +127,8 @@ class Trainer:
         statistics = (manifest_statistics(train_cfg.train_manifest, config.SpectConfig)
                       if config.SpectConfig.normalisation == "fixed" else None)
         self.model = build_model(config, seed=train_cfg.seed, feature_statistics=statistics)
-        self.update = build_update(self.model, optim, self.runtime.world_size if self.runtime.distributed else 1)
+        self.update = build_update(self.model, optim, self.runtime.world_size if self.runtime.distributed else 1,
+                                   dynamic_shapes=config.runtime.dynamic_shapes)
         self.optimizer = self.update.optimizer
         # Utterances the dataset could not use: path -> reason, for the run's summary.
         self.skipped_utterances: Dict[str, str] = {}
