@@ -82,10 +82,12 @@ def test_the_trainer_builds_the_dynamic_update_from_the_config(short_manifest, t
     from mindaudio.checkpoint import load_checkpoint
     from mindaudio.training.trainer import Trainer
 
-    results = {}
+    results, logits = {}, {}
+    probe = batch(Config(), (2, 48, 3), seed=7)[:2]
     for dynamic in (False, True):
         config = config_from_dict(small_config_dict(
-            short_manifest, tmp_path / f"ckpt-{dynamic}", TrainingConfig={"batch_size": 1},
+            short_manifest, tmp_path / f"ckpt-{dynamic}", val_manifest=short_manifest,
+            TrainingConfig={"batch_size": 1},
             # The trainer's start-up compiles through the compile cache (`precompile`): with
             # dynamic shapes it lists one training graph.
             RuntimeConfig={"dynamic_shapes": dynamic, "compile_cache_dir": str(tmp_path / f"cache-{dynamic}")}),
@@ -96,7 +98,13 @@ def test_the_trainer_builds_the_dynamic_update_from_the_config(short_manifest, t
         shapes = {(len(b.indices), b.frames) for b in trainer.sampler.batches(0)}
         assert len(shapes) > 1  # the short utterances fall in two buckets
         assert len(trainer.update.accumulate.compile_cache) == (1 if dynamic else len(shapes))
+        # Validation (4 utterances in two buckets, batch 4) ran through one eval graph, or one per shape.
+        assert len(trainer.model.compile_cache) == (1 if dynamic else 2)
         results[dynamic], _ = load_checkpoint(result.last_checkpoint)
+        trainer.model.set_train(False)
+        logits[dynamic] = trainer.model(*probe)[0].asnumpy()
     assert set(results[True]) == set(results[False])
     for name in results[False]:
         np.testing.assert_array_equal(results[True][name].asnumpy(), results[False][name].asnumpy(), err_msg=name)
+    # Same weights, so the dynamic eval graph must compute what a static one does.
+    np.testing.assert_array_equal(logits[True], logits[False])

@@ -47,12 +47,14 @@ def training_graphs(update: Update, split: Split, batches: Sequence[Batch], conf
 
 
 def validation_graphs(model: nn.Cell, split: Split, config: Config) -> List[Graph]:
-    """The model's forward pass (eval mode) for every input shape of validation's plan."""
+    """The model's forward pass (eval mode) for every input shape of validation's plan; with
+    `RuntimeConfig.dynamic_shapes` one graph serves every shape: only the first is listed."""
     freq = num_freq_bins(config.SpectConfig)
     batches = validation_batches(split, config)
+    shapes = _batch_shapes(split, batches)
     return [Graph(f"validate {size}x{frames}", model,
                   (Tensor(np.zeros((size, 1, freq, frames), np.float32)), Tensor(np.ones(size, np.int32))))
-            for size, frames, _ in _batch_shapes(split, batches)]
+            for size, frames, _ in (shapes[:1] if config.runtime.dynamic_shapes else shapes)]
 
 
 def precompile(cache_dir: str, config: Config, world_size: int, update: Update, model: nn.Cell,
