@@ -15,6 +15,8 @@ nor gradient instead of poisoning the step.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import mindspore as ms
 from mindspore import nn, ops
 
@@ -30,7 +32,8 @@ def _required_frames(labels, label_lengths):
     # A repeat at pair (s-1, s) only counts when position s is inside the transcript.
     positions = ops.arange(1, labels.shape[1], 1, dtype=label_lengths.dtype)
     inside = (positions.view(1, -1) < label_lengths.view(-1, 1)).astype(label_lengths.dtype)
-    return label_lengths + (repeats * inside).sum(axis=1)
+    # astype: the sum is int64; with a dynamic label axis both branches above are compiled and must agree.
+    return label_lengths + (repeats * inside).sum(axis=1).astype(label_lengths.dtype)
 
 
 class CTCLoss(nn.Cell):
@@ -39,6 +42,9 @@ class CTCLoss(nn.Cell):
     Args:
         blank: index of the blank class; negative counts from the end (-1: the last class, the
             original's convention).
+        num_classes: C when known when the cell is built; a negative `blank` is then resolved
+            here instead of from `logits.shape[2]`, which a graph compiled for dynamic input
+            shapes (`Cell.set_inputs` with None axes) does not know.
 
     construct(logits, logit_lengths, labels, label_lengths):
         logits: (T, B, C) float, pre-softmax; logit_lengths: (B,) int32 valid frames;
@@ -46,13 +52,12 @@ class CTCLoss(nn.Cell):
         Returns (B,) float32: -log p(labels | logits), 0 for infeasible utterances.
     """
 
-    def __init__(self, blank: int = -1):
+    def __init__(self, blank: int = -1, num_classes: Optional[int] = None):
         super().__init__()
-        self.blank = blank
+        self.blank = blank + num_classes if blank < 0 and num_classes is not None else blank
 
     def construct(self, logits, logit_lengths, labels, label_lengths):
-        num_classes = logits.shape[2]
-        blank = self.blank + num_classes if self.blank < 0 else self.blank
+        blank = self.blank + logits.shape[2] if self.blank < 0 else self.blank
         logit_lengths = logit_lengths.astype(ms.int32)
         labels = labels.astype(ms.int32)
         label_lengths = label_lengths.astype(ms.int32)
@@ -85,7 +90,9 @@ class NetWithCTCLoss(nn.Cell):
     def __init__(self, network: nn.Cell, blank: int = -1, return_per_utterance: bool = False):
         super().__init__(auto_prefix=False)
         self.network = network
-        self.ctc = CTCLoss(blank)
+        # The network's alphabet when it says (DeepSpeechModel.labels): the blank is then a constant.
+        labels = getattr(network, "labels", None)
+        self.ctc = CTCLoss(blank, len(labels) if labels is not None else None)
         self.return_per_utterance = return_per_utterance
 
     def construct(self, features, feature_lengths, labels, label_lengths):

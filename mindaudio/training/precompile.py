@@ -33,10 +33,12 @@ def _batch_shapes(split: Split, batches: Sequence[Batch]) -> List[tuple]:
 
 def training_graphs(update: Update, split: Split, batches: Sequence[Batch], config: Config) -> List[Graph]:
     """The train step's graph for every input shape of `batches` (features (B, 1, F, T) float32,
-    lengths (B,) int32, labels (B, S) int32, label lengths (B,) int32), then the optimizer update."""
+    lengths (B,) int32, labels (B, S) int32, label lengths (B,) int32), then the optimizer update.
+    With `update.dynamic_shapes` one graph serves every shape: only the first shape is listed."""
     freq = num_freq_bins(config.SpectConfig)
     graphs = []
-    for size, frames, label_pad in _batch_shapes(split, batches):
+    shapes = _batch_shapes(split, batches)
+    for size, frames, label_pad in shapes[:1] if update.dynamic_shapes else shapes:
         inputs = (Tensor(np.zeros((size, 1, freq, frames), np.float32)), Tensor(np.ones(size, np.int32)),
                   Tensor(np.zeros((size, label_pad), np.int32)), Tensor(np.ones(size, np.int32)))
         graphs.append(Graph(f"train {size}x{frames}", update.accumulate, inputs))
@@ -45,12 +47,14 @@ def training_graphs(update: Update, split: Split, batches: Sequence[Batch], conf
 
 
 def validation_graphs(model: nn.Cell, split: Split, config: Config) -> List[Graph]:
-    """The model's forward pass (eval mode) for every input shape of validation's plan."""
+    """The model's forward pass (eval mode) for every input shape of validation's plan; with
+    `RuntimeConfig.dynamic_shapes` one graph serves every shape: only the first is listed."""
     freq = num_freq_bins(config.SpectConfig)
     batches = validation_batches(split, config)
+    shapes = _batch_shapes(split, batches)
     return [Graph(f"validate {size}x{frames}", model,
                   (Tensor(np.zeros((size, 1, freq, frames), np.float32)), Tensor(np.ones(size, np.int32))))
-            for size, frames, _ in _batch_shapes(split, batches)]
+            for size, frames, _ in (shapes[:1] if config.runtime.dynamic_shapes else shapes)]
 
 
 def precompile(cache_dir: str, config: Config, world_size: int, update: Update, model: nn.Cell,

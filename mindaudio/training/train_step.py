@@ -240,10 +240,12 @@ class Update:
     first micro-batch (so a skipped update changes nothing at all).
 
     Attributes used directly by the benchmarks (compile timing): `accumulate`, `apply`,
-    `optimizer`; `fused` tells whether `apply` is `FusedApplyGradients`.
+    `optimizer`; `fused` tells whether `apply` is `FusedApplyGradients`; `dynamic_shapes` whether
+    `accumulate` is one graph for every input shape (see `build_update`).
     """
 
-    def __init__(self, model: nn.Cell, optim: OptimConfig, world_size: int = 1, fused: Optional[bool] = None):
+    def __init__(self, model: nn.Cell, optim: OptimConfig, world_size: int = 1, fused: Optional[bool] = None,
+                 dynamic_shapes: bool = False):
         weights = ParameterTuple(model.trainable_params())
         self.optimizer = make_adam(weights, optim)
         accumulators = make_accumulators(weights)
@@ -272,6 +274,9 @@ class Update:
         self.fused = kernels is not None
         self.clear = ClearGradients(accumulators)
         self.accumulate.set_train(True)
+        self.dynamic_shapes = dynamic_shapes
+        if dynamic_shapes:
+            self.accumulate.set_inputs(*dynamic_inputs(model.num_freq_bins))
         statistics = model.untrainable_params()
         self._keep = self._restore = None
         if statistics:
@@ -312,9 +317,25 @@ class Update:
         self.optimizer.learning_rate.set_data(Tensor(learning_rate, ms.float32))
 
 
-def build_update(model: nn.Cell, optim: OptimConfig, world_size: int = 1, fused: Optional[bool] = None) -> Update:
+def dynamic_inputs(freq_bins: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Placeholders of `AccumulateGradients`' inputs for any batch size, frame count and label
+    padding: features (None, 1, freq_bins, None) float32, feature lengths (None,) int32, labels
+    (None, None) int32, label lengths (None,) int32."""
+    return (Tensor(shape=[None, 1, freq_bins, None], dtype=ms.float32), Tensor(shape=[None], dtype=ms.int32),
+            Tensor(shape=[None, None], dtype=ms.int32), Tensor(shape=[None], dtype=ms.int32))
+
+
+def build_update(model: nn.Cell, optim: OptimConfig, world_size: int = 1, fused: Optional[bool] = None,
+                 dynamic_shapes: bool = False) -> Update:
     """The optimizer update of `model` (a network mapping (features, lengths) to (logits,
     lengths)) with CTC loss, as `optim` sets it up; `world_size` > 1 averages gradients over
     the data-parallel ranks (call after the collectives are initialised). `fused`: None uses the
-    fused Adam kernels when they build on this machine, True requires them, False never uses them."""
-    return Update(model, optim, world_size, fused)
+    fused Adam kernels when they build on this machine, True requires them, False never uses them.
+
+    dynamic_shapes: compile the forward + backward graph once for every input shape
+    (`Cell.set_inputs` with the batch, frame and label axes unknown; needs `model.num_freq_bins`)
+    instead of once per shape. MindSpore keeps a static graph's memory (about 2.4 GB of
+    weight-sized kernel workspaces for the full model, plus the activations) for as long as the
+    graph lives, so N shapes hold N times that; one dynamic graph holds one set, sized by the
+    largest batch so far (bench/memory_shapes.py)."""
+    return Update(model, optim, world_size, fused, dynamic_shapes)
