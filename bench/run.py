@@ -32,9 +32,9 @@ RESULT_MARK = "BENCH_RESULT "
 # name -> (hidden, layers); "full" is the published model.
 FULL_SETTINGS = {
     "models": {"full": (1024, 5), "small": (256, 2)},
-    # MindSpore keeps every compiled input shape's activation memory (about 250 MB per second
-    # of audio in a full-model training batch), so each sampled batch runs in its own process
-    # and the full model trains at batch 2 (a 17.5 s bucket then needs about 9 GB).
+    # On the CPU every compiled graph keeps its own memory (full model: about 4 GB per training shape;
+    # bench/memory_shapes.py), so each sampled batch runs in its own process and the full model
+    # trains at batch 2 (a 17.5 s bucket then needs about 9 GB).
     "train": {"full": dict(batch_size=2, strata=4, repeats=2), "small": dict(batch_size=8, strata=4, repeats=2)},
     # Ours with batches sized by a frame budget (TrainingConfig.batch_frames): 3500 frames is the
     # longest bucket's batch of 2 above, so no sampled batch needs more memory than that one.
