@@ -207,13 +207,19 @@ def build_tables(results: Dict[str, Dict], settings: Dict) -> List[str]:
             get(f"train/{model}/baseline", "shapes_in_epoch"), None)
         add("  peak RSS (MB)", name, get(f"train/{model}/ours", "peak_rss_mb"),
             get(f"train/{model}/baseline", "peak_rss_mb"), None)
-        gf_o, gf_b = get(f"train/{model}/ours", "achieved_gflops"), get(f"train/{model}/baseline", "achieved_gflops")
-        eff_o = gf_o / limit if gf_o and limit else None
-        eff_b = gf_b / limit if gf_b and limit else None
-        add("  efficiency: useful GFLOP/s / matmul GFLOP/s", name,
-            None if eff_o is None else f"{100 * eff_o:.1f}%", None if eff_b is None else f"{100 * eff_b:.1f}%",
-            ratio(eff_o, eff_b), ">= 60%" if model == "full" else "",
-            (eff_o is not None and eff_o >= 0.6) if model == "full" else None)
+        def efficiency(scheme):
+            gflops = get(f"train/{model}/{scheme}", "achieved_gflops")
+            return gflops / limit if gflops and limit else None
+
+        def add_efficiency(scheme):
+            ours_eff, base_eff = efficiency(scheme), efficiency("baseline")
+            add("  efficiency: useful GFLOP/s / matmul GFLOP/s", name,
+                None if ours_eff is None else f"{100 * ours_eff:.1f}%",
+                None if base_eff is None else f"{100 * base_eff:.1f}%",
+                ratio(ours_eff, base_eff), ">= 60%" if model == "full" else "",
+                (ours_eff is not None and ours_eff >= 0.6) if model == "full" else None)
+
+        add_efficiency("ours")
         frames = get(f"train/{model}/frames", "throughput")
         if frames is not None:
             budget = get(f"train/{model}/frames", "batch_frames")
@@ -221,12 +227,7 @@ def build_tables(results: Dict[str, Dict], settings: Dict) -> List[str]:
                 base, ratio(frames, base))
             add("  input shapes per epoch", name, get(f"train/{model}/frames", "shapes_in_epoch"), None, None)
             add("  peak RSS (MB)", name, get(f"train/{model}/frames", "peak_rss_mb"), None, None)
-            gf_f = get(f"train/{model}/frames", "achieved_gflops")
-            eff_f = gf_f / limit if gf_f and limit else None
-            add("  efficiency: useful GFLOP/s / matmul GFLOP/s", name,
-                None if eff_f is None else f"{100 * eff_f:.1f}%", None if eff_b is None else f"{100 * eff_b:.1f}%",
-                ratio(eff_f, eff_b), ">= 60%" if model == "full" else "",
-                (eff_f is not None and eff_f >= 0.6) if model == "full" else None)
+            add_efficiency("frames")
         data = get(f"train/{model}/ours", "data_cpu_s_per_audio_s")
         step = 1.0 / ours if ours else None
         add("  data pipeline CPU s / training s, per audio s", name,

@@ -31,14 +31,19 @@ def _batch_shapes(split: Split, batches: Sequence[Batch]) -> List[tuple]:
     return sorted({(len(batch.indices), batch.frames, split.label_pad[batch.bucket]) for batch in batches})
 
 
+def _shapes_to_compile(cell: nn.Cell, shapes: List[tuple]) -> List[tuple]:
+    """All of `shapes`, or only the first when `cell` was given dynamic inputs (`Cell.set_inputs`,
+    `RuntimeConfig.dynamic_shapes`): its one graph then serves every shape."""
+    return shapes[:1] if cell.get_inputs() is not None else shapes
+
+
 def training_graphs(update: Update, split: Split, batches: Sequence[Batch], config: Config) -> List[Graph]:
     """The train step's graph for every input shape of `batches` (features (B, 1, F, T) float32,
-    lengths (B,) int32, labels (B, S) int32, label lengths (B,) int32), then the optimizer update.
-    With `update.dynamic_shapes` one graph serves every shape: only the first shape is listed."""
+    lengths (B,) int32, labels (B, S) int32, label lengths (B,) int32), then the optimizer update;
+    one graph in all for a train step compiled for dynamic shapes."""
     freq = num_freq_bins(config.SpectConfig)
     graphs = []
-    shapes = _batch_shapes(split, batches)
-    for size, frames, label_pad in shapes[:1] if update.dynamic_shapes else shapes:
+    for size, frames, label_pad in _shapes_to_compile(update.accumulate, _batch_shapes(split, batches)):
         inputs = (Tensor(np.zeros((size, 1, freq, frames), np.float32)), Tensor(np.ones(size, np.int32)),
                   Tensor(np.zeros((size, label_pad), np.int32)), Tensor(np.ones(size, np.int32)))
         graphs.append(Graph(f"train {size}x{frames}", update.accumulate, inputs))
@@ -47,14 +52,13 @@ def training_graphs(update: Update, split: Split, batches: Sequence[Batch], conf
 
 
 def validation_graphs(model: nn.Cell, split: Split, config: Config) -> List[Graph]:
-    """The model's forward pass (eval mode) for every input shape of validation's plan; with
-    `RuntimeConfig.dynamic_shapes` one graph serves every shape: only the first is listed."""
+    """The model's forward pass (eval mode) for every input shape of validation's plan; one graph
+    in all for a model compiled for dynamic shapes."""
     freq = num_freq_bins(config.SpectConfig)
-    batches = validation_batches(split, config)
-    shapes = _batch_shapes(split, batches)
+    shapes = _shapes_to_compile(model, _batch_shapes(split, validation_batches(split, config)))
     return [Graph(f"validate {size}x{frames}", model,
                   (Tensor(np.zeros((size, 1, freq, frames), np.float32)), Tensor(np.ones(size, np.int32))))
-            for size, frames, _ in (shapes[:1] if config.runtime.dynamic_shapes else shapes)]
+            for size, frames, _ in shapes]
 
 
 def precompile(cache_dir: str, config: Config, world_size: int, update: Update, model: nn.Cell,

@@ -274,7 +274,6 @@ class Update:
         self.fused = kernels is not None
         self.clear = ClearGradients(accumulators)
         self.accumulate.set_train(True)
-        self.dynamic_shapes = dynamic_shapes
         if dynamic_shapes:
             self.accumulate.set_inputs(*dynamic_inputs(model.num_freq_bins))
         statistics = model.untrainable_params()
@@ -311,6 +310,11 @@ class Update:
         if self._restore is not None:
             self._restore()
         return None
+
+    @property
+    def dynamic_shapes(self) -> bool:
+        """Whether `accumulate` is one graph for every input shape (see `build_update`)."""
+        return self.accumulate.get_inputs() is not None
 
     def set_learning_rate(self, learning_rate: float) -> None:
         # Adam reads the rate from this Parameter inside the compiled graph.
