@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bench.host_info import cpu_line, load_average  # noqa: E402
 
 RESULT_MARK = "RESULT "
 REPO = Path(__file__).resolve().parents[1]
@@ -124,18 +125,6 @@ def _run_child(argv) -> dict:
     raise SystemExit(f"benchmark child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def _cpu() -> str:
-    try:
-        info = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return platform.processor() or "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    isa = [flag for flag in flags if flag.startswith(("avx", "fma", "sse4"))]
-    return f"{model}; {os.cpu_count()} cores; {' '.join(sorted(isa))}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=1008,
@@ -156,7 +145,7 @@ def main() -> int:
 
     from mindaudio.data.digits import prepare_digits
 
-    load_before = " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
+    load_before = load_average()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
         manifests = {split.split: split.manifest for split in prepare_digits(Path(tmp), verbose=False).splits}
@@ -168,10 +157,10 @@ def main() -> int:
             cold = _run_child(common + ["--scheme", scheme, "--phase", "cold", "--cache_dir", cache])
             warm = _run_child(common + ["--scheme", scheme, "--phase", "warm", "--cache_dir", cache])
             rows[scheme] = (cold, warm)
-    load_after = " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
+    load_after = load_average()
 
     print(f"digits recipe ({'tiny model, 12 batches' if args.quick else 'configs/digits.yaml'}), "
-          f"epoch 2's plan; CPU: {_cpu()}")
+          f"epoch 2's plan; CPU: {cpu_line()}")
     print(f"load average before {load_before}, after {load_after}; {time.perf_counter() - started:.0f} s in all")
     header = ("| scheme | batch sizes | batches | shapes | padded / real | train s | audio s/s | "
               "compile cold s | compile warm s | share cold | share warm |")

@@ -61,6 +61,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench import workloads  # noqa: E402
+from bench.host_info import load_average  # noqa: E402
 
 RESULT_MARK = "BENCH_RESULT "
 TRAIN_960_UTTERANCES = 281_241
@@ -339,7 +340,7 @@ def main(argv=None) -> int:
         return 0
     sizes = ([int(s) for s in args.sizes.split(",") if s.strip()] if args.sizes
              else list(QUICK_SIZES if args.quick else FULL_SIZES))
-    load_before = _load_average()
+    load_before = load_average()
     wall = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="ds2scale_") as tmp:
@@ -351,19 +352,12 @@ def main(argv=None) -> int:
     command = "python bench/librispeech_scale.py" + (" --quick" if args.quick else "") + (
         f" --sizes {args.sizes}" if args.sizes else "")
     lines = [f"LibriSpeech-scale data pipeline (`{command}`; {wall:.0f} s wall; load average "
-             f"before {load_before}, after {_load_average()}); times in CPU seconds:", ""]
+             f"before {load_before}, after {load_average()}); times in CPU seconds:", ""]
     lines += table(results)
     print("\n" + "\n".join(lines))
     if args.json:
         print(json.dumps(results, indent=1))
     return 0
-
-
-def _load_average() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -259,18 +259,18 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
 
-    from bench.batching_compile import _cpu
+    from bench.host_info import cpu_line, load_average
 
-    load_before = " ".join(open("/proc/loadavg").read().split()[:3])
+    load_before = load_average()
     started = time.perf_counter()
     common = ["--child", "--hidden", str(args.hidden), "--layers", str(args.layers), "--budget", str(args.budget),
               "--shapes", str(args.shapes), "--steps", str(args.steps),
               "--max_rss_gb", str(args.max_rss_gb), "--pool_cap", str(args.pool_cap)]
     results = [_run_child(common + ["--variant", variant]) for variant in variants]
-    load_after = " ".join(open("/proc/loadavg").read().split()[:3])
+    load_after = load_average()
     print(f"\nDeepSpeech2 H{args.hidden}x{args.layers} training step (build_update, default OptimConfig), "
           f"frame budget {args.budget} (batch x frames per shape), {args.shapes} shapes, {args.steps} steps each")
-    print(f"CPU: {_cpu()}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '')}")
+    print(f"CPU: {cpu_line()}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '')}")
     print(f"load average before {load_before}, after {load_after}; {time.perf_counter() - started:.0f} s in all")
     for result in results:
         print_table(result)

@@ -50,6 +50,7 @@ import mindaudio  # noqa: E402,F401  (sets ONEDNN_MAX_CPU_ISA before mindspore l
 import mindspore as ms  # noqa: E402
 from mindspore import ParameterTuple, Tensor, nn, ops  # noqa: E402
 
+from bench.host_info import cpu_description, load_average  # noqa: E402
 from mindaudio.config import load_config  # noqa: E402
 from mindaudio.models.build import build_model  # noqa: E402
 from mindaudio.training.train_step import ApplyGradients, build_update  # noqa: E402
@@ -58,29 +59,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BYTES_PER_FLOAT = 4
 # Tensor passes of an ideal update: norm (read g); update (read g, w, m, v; write w, m, v, g).
 IDEAL_PASSES = 9
-
-
-def cpu_description() -> Dict[str, str]:
-    """CPU model, core count and the vector ISA flags (which kernels the compilers may pick)."""
-    model, flags = "unknown", []
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    isa = sorted(flag for flag in flags if flag.startswith(("avx", "fma", "sse4")))
-    return {"cpu": model, "cores": str(os.cpu_count()), "isa": " ".join(isa),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
-
-
-def load_average() -> str:
-    try:
-        return " ".join(open("/proc/loadavg", encoding="utf-8").read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 class _CopyAll(nn.Cell):

@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.host_info import cpu_description, load_average  # noqa: E402
 from bench.summary import summarize_throughput  # noqa: E402
 
 RESULT_MARK = "BENCH_RESULT "
@@ -109,31 +110,17 @@ def machine_info() -> Dict[str, str]:
     import librosa
     import mindspore
 
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_description()
     try:
         mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
         memory = f"{mem_kb / 2 ** 20:.1f} GiB"
     except (OSError, StopIteration):
         memory = "unknown"
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": memory,
+    return {"cpu": cpu["cpu"], "cores": cpu["cores"], "memory": memory,
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
             "mindspore": mindspore.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
             "librosa": librosa.__version__,
             "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
-
-
-def load_average() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def _fmt(value, digits: int = 2) -> str:
