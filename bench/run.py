@@ -116,7 +116,7 @@ def machine_info() -> Dict[str, str]:
         memory = f"{mem_kb / 2 ** 20:.1f} GiB"
     except (OSError, StopIteration):
         memory = "unknown"
-    return {"cpu": cpu["cpu"], "cores": cpu["cores"], "memory": memory,
+    return {"cpu": cpu["cpu"], "cores": cpu["cores"], "isa": cpu["isa"], "memory": memory,
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
             "mindspore": mindspore.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
             "librosa": librosa.__version__,
@@ -347,6 +347,7 @@ def main(argv=None) -> int:
     lines = [f"# DeepSpeech2 benchmarks{' (quick settings: not representative)' if args.quick else ''}", "",
              f"- date: {started:%Y-%m-%d %H:%M} UTC; command: `{command}`; wall time {wall / 60:.1f} min",
              f"- machine: {info['cpu']}, {info['cores']} cores, {info['memory']}; {info['os']}",
+             f"- CPU vector ISA flags: {info['isa']}",
              f"- versions: Python {info['python']}, MindSpore {info['mindspore']}, numpy {info['numpy']}, "
              f"scipy {info['scipy']}, librosa {info['librosa']}; ONEDNN_MAX_CPU_ISA={info['ONEDNN_MAX_CPU_ISA']}",
              f"- load average (1/5/15 min) before: {load_before}, after: {load_average()}",
