@@ -81,12 +81,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mindaudio.serving.audio import Limits
     from mindaudio.serving.service import build_service
 
-    setup_runtime(config.runtime, config.TrainingConfig.seed, log=lambda line: print(line, file=sys.stderr))
+    runtime = setup_runtime(config.runtime, config.TrainingConfig.seed,
+                            log=lambda line: print(line, file=sys.stderr))
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_seconds=args.max_seconds)
     service = build_service(config, config.Pretrained_model, choose_device(config.runtime.device_target)[0],
                             limits=limits, max_batch=args.max_batch, batch_wait=args.batch_wait_ms / 1000,
                             partial_interval=args.partial_interval, chunk_seconds=args.chunk_seconds,
-                            context_seconds=args.context_seconds)
+                            context_seconds=args.context_seconds, compile_cache_dir=runtime.compile_cache_dir)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     print(f"serving {config.Pretrained_model} on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(service), host=args.host, port=args.port,

@@ -64,9 +64,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return stream_files(config, args, setup_runtime)
 
     # stdout carries only transcripts (one line or JSON object per file): the device line goes to stderr.
-    setup_runtime(config.runtime, config.TrainingConfig.seed, log=lambda line: print(line, file=sys.stderr))
+    runtime = setup_runtime(config.runtime, config.TrainingConfig.seed, log=lambda line: print(line, file=sys.stderr))
     transcriber = build_transcriber(config, config.Pretrained_model, args.chunk_seconds, args.context_seconds,
-                                    progress=True if args.progress else None)
+                                    progress=True if args.progress else None,
+                                    compile_cache_dir=runtime.compile_cache_dir,
+                                    log=lambda line: print(line, file=sys.stderr))
     failures = 0
     for result in transcribe_files(transcriber, args.files):
         if isinstance(result, Failure):

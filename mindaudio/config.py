@@ -214,9 +214,10 @@ class RuntimeConfig:
     # GRAPH or PYNATIVE; the original's 0 (GRAPH_MODE) and 1 (PYNATIVE_MODE) are accepted too.
     mode: str = "GRAPH"
     is_distributed: bool = False
-    # Keep training's compiled graphs (one per input shape) on disk, so a resumed run, a second
-    # run of the same recipe and the tests load them instead of compiling again (CPU, one
-    # process; see mindaudio/runtime/compile_cache.py for why a stale entry is never used).
+    # Keep compiled graphs (one per input shape) on disk, so a resumed run, a second run of the
+    # same recipe, a second evaluation, transcription or server and the tests load them instead of
+    # compiling again (CPU, one process; see mindaudio/runtime/compile_cache.py for why a stale
+    # entry is never used).
     compile_cache: bool = True
     # Where: '' = $MINDAUDIO_CACHE/compile, else ~/.cache/mindaudio/compile. Runs may share it.
     compile_cache_dir: str = ""

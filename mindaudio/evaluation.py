@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, TextIO, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, TextIO, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -30,14 +30,18 @@ from tqdm import tqdm
 import mindspore as ms
 
 from mindaudio.checkpoint import CheckpointManager, load_model_weights
-from mindaudio.config import Config, ConfigError, UserError, check_files, check_writable_dir
+from mindaudio.config import Config, ConfigError, SpectConfig, UserError, check_files, check_writable_dir
 from mindaudio.data.dataset import Split, build_dataset, load_split, make_sampler
+from mindaudio.data.features import num_freq_bins
 from mindaudio.data.manifest import Utterance
+from mindaudio.data.sampler import Batch
 from mindaudio.data.text import CharTokenizer
 from mindaudio.decoding.greedy import GreedyDecoder
 from mindaudio.decoding.select import build_decoder
+from mindaudio.inference import forward_compile_cache
 from mindaudio.metrics import char_error_rate, error_counts, word_error_rate
 from mindaudio.models.build import build_model
+from mindaudio.runtime.compile_cache import Graph, shapes_to_compile
 from mindaudio.runtime.device import setup_runtime
 
 NON_FINITE_OUTPUT = "the model's output is not finite (NaN or inf): corrupt audio, or weights that are NaN"
@@ -147,13 +151,32 @@ def score(utterances: Sequence[Utterance], hypotheses: Dict[int, str], reference
                       wall_seconds=wall_seconds)
 
 
+def forward_graphs(model: ms.nn.Cell, batches: Sequence[Batch], spect: SpectConfig) -> List[Graph]:
+    """The model's forward pass for every input shape of `batches` (features (B, 1, F, T)
+    float32, lengths (B,) int32), sorted; one graph in all for a model given dynamic inputs
+    (`RuntimeConfig.dynamic_shapes`), whose one graph serves every shape."""
+    shapes = shapes_to_compile(model, sorted({(len(batch.indices), batch.frames) for batch in batches}))
+    freq = num_freq_bins(spect)
+    return [Graph(f"forward {size}x{frames}", model,
+                  (ms.Tensor(np.zeros((size, 1, freq, frames), np.float32)), ms.Tensor(np.ones(size, np.int32))))
+            for size, frames in shapes]
+
+
 def evaluate_split(model: ms.nn.Cell, split: Split, config: Config, tokenizer: CharTokenizer,
-                   progress: bool = True, decoder=None) -> EvalResult:
+                   progress: bool = True, decoder=None, compile_cache_dir: str = "",
+                   log: Callable[[str], None] = print) -> EvalResult:
     """WER/CER of `model` over every utterance of `split` exactly once, batched by length
     with `EvalConfig.batch_size`; greedy unless another `decoder` is given. Utterances whose
-    audio the dataset could not use, or whose model output is not finite, are excluded and listed."""
+    audio the dataset could not use, or whose model output is not finite, are excluded and listed.
+    compile_cache_dir: compile the plan's shapes first, loading them from this compile cache when
+    an earlier evaluation of the same shapes stored them ('' = compile each at its first batch);
+    `log` gets one line saying which."""
     start = time.perf_counter()
     batches = make_sampler(split, config.EvalConfig.batch_size, train=False).batches(0)
+    cache = forward_compile_cache(compile_cache_dir, config)
+    if cache is not None:
+        model.set_train(False)
+        log(f"model: {cache.compile_all(forward_graphs(model, batches, config.SpectConfig)).describe()}")
     dataset = build_dataset(split, config.SpectConfig, batches, tokenizer.blank_id,
                             config.TrainingConfig.num_workers)
     non_finite: Set[int] = set()
@@ -277,7 +300,7 @@ def run_evaluation(config: Config, progress: bool = True, print_utterances: bool
     if not config.EvalConfig.test_manifest:
         raise ConfigError(f"{config.source}: EvalConfig.test_manifest is empty")
     check_report_writable(config.EvalConfig.save_output, config.source)
-    setup_runtime(config.runtime, config.TrainingConfig.seed)
+    runtime = setup_runtime(config.runtime, config.TrainingConfig.seed)
     tokenizer = CharTokenizer.from_config(config)
     split = load_split(config.EvalConfig.test_manifest, tokenizer, config.SpectConfig,
                        bucket_boundaries=config.TrainingConfig.bucket_boundaries)
@@ -287,6 +310,7 @@ def run_evaluation(config: Config, progress: bool = True, print_utterances: bool
     load_model_weights(model, path)
     decoder = build_decoder(config)
     print(f"evaluating {path} with {decoder.describe()} decoding", file=out)
-    result = evaluate_split(model, split, config, tokenizer, progress, decoder=decoder)
+    result = evaluate_split(model, split, config, tokenizer, progress, decoder=decoder,
+                            compile_cache_dir=runtime.compile_cache_dir, log=lambda line: print(line, file=out))
     report = finish_evaluation(result, config.EvalConfig.save_output, config.source, out, print_utterances)
     return result, report

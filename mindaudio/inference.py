@@ -36,6 +36,7 @@ from mindaudio.decoding.hypothesis import Hypothesis, log_softmax
 from mindaudio.decoding.select import build_decoder
 from mindaudio.models.build import build_model
 from mindaudio.models.deepspeech2 import output_length, time_stride
+from mindaudio.runtime.compile_cache import CompileCache, CompileOnFirstUse, describe
 
 # Inputs are padded up to a multiple of this many feature frames (2 s) so that files of many
 # lengths share a few compiled graphs; the masked model's outputs do not depend on padding.
@@ -200,19 +201,32 @@ class SignalBuffer:
         self.offset += cut
 
 
+def forward_compile_cache(root: str, config: Config) -> Optional[CompileCache]:
+    """The compile cache under `root` ('' = none) for the model's forward pass in evaluation mode
+    (evaluation, transcription, serving): its graphs depend on the model, the features and the
+    labels, and not on the optimiser or the data-parallel size as training's do."""
+    if not root:
+        return None
+    return CompileCache(root, describe("forward", config.ModelConfig, config.SpectConfig, config.labels))
+
+
 class AcousticModel:
     """Log-probabilities of a feature matrix from a DeepSpeech2 Cell (or an exported MindIR
     GraphCell with the same inputs), at batch 1.
 
     model: called as model(features (1, 1, F, T) float32, lengths (1,) int32) -> (logits
     (T', 1, C), output_lengths). pad: pad T up to a multiple of PAD_MULTIPLE_FRAMES (only
-    valid for a model whose outputs do not depend on padding, i.e. `masked`).
+    valid for a model whose outputs do not depend on padding, i.e. `masked`). compiler: compiles
+    each padded length through the compile cache at its first use (None: MindSpore compiles it
+    at the first call, and nothing is kept across runs).
     """
 
-    def __init__(self, model: ms.nn.Cell, pad: bool = True, pad_multiple: int = PAD_MULTIPLE_FRAMES):
+    def __init__(self, model: ms.nn.Cell, pad: bool = True, pad_multiple: int = PAD_MULTIPLE_FRAMES,
+                 compiler: Optional[CompileOnFirstUse] = None):
         self.model = model
         self.pad = pad
         self.pad_multiple = pad_multiple
+        self.compiler = compiler
         if hasattr(model, "set_train"):
             model.set_train(False)
 
@@ -224,7 +238,10 @@ class AcousticModel:
             padded = -(-frames // self.pad_multiple) * self.pad_multiple
         batch = np.zeros((1, 1, freq, padded), dtype=np.float32)
         batch[0, 0, :, :frames] = features
-        logits, _ = self.model(ms.Tensor(batch), ms.Tensor(np.array([frames], dtype=np.int32)))
+        inputs = (ms.Tensor(batch), ms.Tensor(np.array([frames], dtype=np.int32)))
+        if self.compiler is not None:
+            self.compiler.before_call(f"transcribe 1x{padded}", self.model, inputs)
+        logits, _ = self.model(*inputs)
         return log_softmax(logits.asnumpy()[: int(output_length(frames)), 0])
 
 
@@ -385,12 +402,19 @@ def transcribe_files(transcriber: Transcriber, paths: Iterable[str]
 
 
 def build_transcriber(config: Config, checkpoint: str, chunk_seconds: float = 20.0,
-                      context_seconds: float = 2.0, decoder=None, progress: Optional[bool] = None
-                      ) -> Transcriber:
+                      context_seconds: float = 2.0, decoder=None, progress: Optional[bool] = None,
+                      compile_cache_dir: str = "", log: Callable[[str], None] = print) -> Transcriber:
     """The model of `config.ModelConfig` with `checkpoint`'s weights, and the decoder
-    `config.EvalConfig` asks for (unless `decoder` is given). progress: see `Transcriber`."""
+    `config.EvalConfig` asks for (unless `decoder` is given). progress: see `Transcriber`.
+    compile_cache_dir: keep each padded input length's graph there (`Runtime.compile_cache_dir`;
+    '' = not kept; an unmasked model's are never kept); `log` gets one line per length compiled or
+    loaded."""
     model = build_model(config)
     load_model_weights(model, checkpoint)
     decoder = decoder if decoder is not None else build_decoder(config)
-    return Transcriber(AcousticModel(model, pad=config.ModelConfig.masked), config.SpectConfig, decoder,
-                       chunk_seconds=chunk_seconds, context_seconds=context_seconds, progress=progress)
+    # An unmasked model runs every file at its own length: too many shapes to keep.
+    masked = config.ModelConfig.masked
+    compiler = CompileOnFirstUse(forward_compile_cache(compile_cache_dir, config) if masked else None, log)
+    return Transcriber(AcousticModel(model, pad=masked, compiler=compiler),
+                       config.SpectConfig, decoder, chunk_seconds=chunk_seconds,
+                       context_seconds=context_seconds, progress=progress)

@@ -5,6 +5,7 @@ any weights (bad files named and left out, the others scored exactly as without 
 import io
 import json
 import os
+import re
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -179,7 +180,9 @@ def test_evaluation_prints_the_originals_lines_and_reports(tiny, good, tmp_path)
     assert report["cer"] == pytest.approx(char_error_rate(refs, hyps))
     # Each utterance's three lines and a blank one, in the report's order, as the original prints them.
     expected = "".join(original_lines(r, h) for r, h in zip(refs, hyps))
-    assert out.getvalue().startswith("\n".join(lines[:2]) + "\n" + expected)
+    # After the split's summary, the checkpoint and the compile line.
+    assert re.fullmatch(r"model: \d+ graph\(s\) (compiled|loaded).* in [\d.]+ s", lines[2])
+    assert out.getvalue().startswith("\n".join(lines[:3]) + "\n" + expected)
     assert sum(line.startswith("Ref: ") for line in lines) == 3
 
     quiet = io.StringIO()

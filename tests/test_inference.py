@@ -405,3 +405,92 @@ def test_errors_of_inference_and_export_are_user_errors():
     from mindaudio.inference import TranscriptionError
     assert issubclass(TranscriptionError, UserError) and issubclass(ExportError, UserError)
     assert str(TranscriptionError("a.wav", "no audio samples")) == "a.wav: no audio samples"
+
+
+# ---------------------------------------------------------------- the compile cache in evaluation, transcription, serving
+
+
+def _cache_lines(text: str, prefix: str):
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+@pytest.mark.slow
+def test_a_second_evaluation_or_transcription_loads_its_graphs_from_the_compile_cache(
+        tiny, short_manifest, utterances, tmp_path, repo_root):
+    data, checkpoint, _ = tiny
+    data = dict(data, Pretrained_model=str(checkpoint), RuntimeConfig={"compile_cache_dir": str(tmp_path / "cache")})
+    data["EvalConfig"] = dict(data["EvalConfig"], test_manifest=str(short_manifest),
+                              save_output=str(tmp_path / "report"))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(data))
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, *args], cwd=repo_root, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc
+
+    cold, warm = run("eval.py", "-c", str(config)), run("eval.py", "-c", str(config))
+    assert re.fullmatch(r"model: \d+ graph\(s\) compiled and stored in the compile cache in .* s",
+                        _cache_lines(cold.stdout, "model: ")[0])
+    assert re.fullmatch(r"model: \d+ graph\(s\) loaded from the compile cache in .* s",
+                        _cache_lines(warm.stdout, "model: ")[0])
+    assert _cache_lines(warm.stdout, "Test Summary") == _cache_lines(cold.stdout, "Test Summary") != []
+    assert _cache_lines(warm.stdout, "Hyp: ") == _cache_lines(cold.stdout, "Hyp: ")
+
+    # Two files padded to different lengths (3.3 s -> 4 s, 7.9 s -> 8 s): one entry each.
+    files = [str(utterances[SHORT_ID][1]), str(utterances[LONG_ID][1])]
+    cold = run("transcribe.py", "-c", str(config), "--json", *files)
+    warm = run("transcribe.py", "-c", str(config), "--json", files[1], files[0])
+    assert [line.split(":")[0] for line in _cache_lines(cold.stderr, "transcribe 1x")] == \
+        ["transcribe 1x400", "transcribe 1x800"]
+    assert all("compiled and stored" in line for line in _cache_lines(cold.stderr, "transcribe 1x"))
+    assert [line.split(":")[0] for line in _cache_lines(warm.stderr, "transcribe 1x")] == \
+        ["transcribe 1x800", "transcribe 1x400"]
+    assert all("loaded from the compile cache" in line for line in _cache_lines(warm.stderr, "transcribe 1x"))
+    by_path = {json.loads(line)["path"]: json.loads(line)["transcript"] for line in cold.stdout.splitlines()}
+    assert {json.loads(line)["path"]: json.loads(line)["transcript"] for line in warm.stdout.splitlines()} == by_path
+
+
+@pytest.mark.slow
+def test_the_server_loads_the_batch_shapes_an_earlier_server_compiled(tiny, tmp_path, repo_root):
+    # In a process of its own, as a server runs: MindSpore keeps one cache folder per process
+    # (see test_compile_cache.py). An entry script, not `python -c`: the cache hashes it.
+    data, checkpoint, _ = tiny
+    runner = tmp_path / "check_server_cache.py"
+    runner.write_text("import sys\n"
+                      f"sys.path[:0] = [{str(repo_root)!r}, {str(Path(__file__).resolve().parent)!r}]\n"
+                      "import test_inference\n"
+                      f"test_inference.check_server_cache({json.dumps(data)!r}, {str(checkpoint)!r}, "
+                      f"{str(tmp_path / 'cache')!r})\n")
+    proc = subprocess.run([sys.executable, str(runner)], cwd=repo_root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def check_server_cache(data: str, checkpoint: str, cache_dir: str) -> None:
+    """The checks of the test above, in a fresh process (assertions raise): two services built one
+    after the other on one cache; the second loads the warm-up graph and a batch of 2 that the
+    first compiled, and computes the same log-probabilities."""
+    from mindaudio.data.features import num_freq_bins
+    from mindaudio.serving.service import build_service
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    config = config_from_dict(json.loads(data), source="tiny")
+    rng = np.random.default_rng(0)
+    features = [rng.standard_normal((num_freq_bins(config.SpectConfig), frames)).astype(np.float32)
+                for frames in (250, 330)]
+    results, reports = [], []
+    for _ in range(2):
+        # batch_wait 0.5 s: both items submitted at once go in one batch.
+        service = build_service(config, checkpoint, "CPU", max_batch=2, batch_wait=0.5, compile_cache_dir=cache_dir)
+        try:
+            futures = [service.worker.submit(f) for f in features]
+            results.append([future.result() for future in futures])
+            reports.append([(r.hit, r.reason) for r in service.worker.compiler.reports])
+            assert service.worker.stats.compiled_shapes == {(1, 200), (2, 400)}
+        finally:
+            service.close()
+    # The warm-up's 1 x 200 frames, then both items padded to 400 frames in one batch of 2.
+    assert reports[0] == [(False, ""), (False, "")], reports
+    assert reports[1] == [(True, ""), (True, "")], reports
+    for first, second in zip(*results):
+        np.testing.assert_array_equal(first, second)

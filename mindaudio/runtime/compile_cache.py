@@ -46,7 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import mindaudio  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before mindspore loads)
 import mindspore as ms
@@ -101,6 +101,12 @@ class CompileReport:
     hit: bool  # the entry existed and its graphs were loaded instead of compiled
     entry: str = ""  # the entry directory ('' when nothing was stored or loaded)
     reason: str = ""  # why the cache was not used
+
+    def describe(self) -> str:
+        """One line for a log, e.g. '3 graph(s) loaded from the compile cache in 1.2 s'."""
+        how = ("loaded from the compile cache" if self.hit else
+               f"compiled ({self.reason})" if self.reason else "compiled and stored in the compile cache")
+        return f"{self.graphs} graph(s) {how} in {self.seconds:.1f} s"
 
 
 def _digest_files(paths: Sequence[str]) -> str:
@@ -324,10 +330,48 @@ class CompileCache:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def shapes_to_compile(cell: nn.Cell, shapes: List[tuple]) -> List[tuple]:
+    """All of `shapes`, or only the first when `cell` was given dynamic inputs (`Cell.set_inputs`,
+    `RuntimeConfig.dynamic_shapes`): its one graph then serves every shape."""
+    return shapes[:1] if cell.get_inputs() is not None else shapes
+
+
+class CompileOnFirstUse:
+    """Compiles cells through a `CompileCache` the first time each input shape is met, for callers
+    that cannot list their shapes ahead (transcription and serving pad every input to one of a few
+    lengths). Each shape is an entry of its own, so a run loads every shape an earlier run met,
+    whatever the order in which the files came.
+
+    Call `before_call` just before every call of the cell; a cell must not be compiled for a
+    shape by other means before (the cache would then see no file written and turn itself off
+    for the process, which is safe but loses it). cache None: nothing is done, each shape is
+    compiled at its first call as usual.
+    """
+
+    def __init__(self, cache: Optional[CompileCache], log: Callable[[str], None] = logger.info):
+        self.cache = cache
+        self.log = log
+        self.reports: List[CompileReport] = []
+        self._met: set = set()
+
+    def before_call(self, label: str, cell: nn.Cell, inputs: Sequence[Tensor]) -> None:
+        """Compile (or load) `cell` for `inputs`' shapes unless this object has done so already."""
+        if self.cache is None:
+            return
+        key = (id(cell), cell.training, tuple((tuple(x.shape), str(x.dtype)) for x in inputs))
+        if key in self._met:
+            return
+        self._met.add(key)
+        report = self.cache.compile_all([Graph(label, cell, tuple(inputs))])
+        self.reports.append(report)
+        self.log(f"{label}: {report.describe()}")
+
+
 def describe(*parts) -> str:
     """A description for `CompileCache` from dataclasses and plain values (JSON, keys sorted)."""
     return json.dumps([dataclasses.asdict(part) if dataclasses.is_dataclass(part) else part
                        for part in parts], sort_keys=True, default=str)
 
 
-__all__ = ["CompileCache", "CompileReport", "Graph", "default_cache_dir", "describe"]
+__all__ = ["CompileCache", "CompileOnFirstUse", "CompileReport", "Graph", "default_cache_dir", "describe",
+           "shapes_to_compile"]

@@ -9,7 +9,9 @@ from mindaudio.checkpoint import load_model_weights
 from mindaudio.config import Config
 from mindaudio.data.features import fft_size
 from mindaudio.decoding.select import build_decoder
+from mindaudio.inference import forward_compile_cache
 from mindaudio.models.build import build_model
+from mindaudio.runtime.compile_cache import CompileOnFirstUse
 from mindaudio.serving.audio import PCM_FORMAT, Limits
 from mindaudio.serving.live import SessionFactory, incremental_factory, redecoding_factory
 from mindaudio.serving.recognition import Recognizer
@@ -40,20 +42,23 @@ class Service:
 def build_service(config: Config, checkpoint: str, device: str, limits: Optional[Limits] = None,
                   max_batch: int = 8, batch_wait: float = 0.005, partial_interval: float = 1.0,
                   chunk_seconds: float = 20.0, context_seconds: float = 2.0,
-                  sessions: Optional[SessionFactory] = None) -> Service:
+                  sessions: Optional[SessionFactory] = None, compile_cache_dir: str = "") -> Service:
     """Load `checkpoint` (a path or an http(s) URL) into the model `config` describes, start the
     model worker (compiling the first graph) and describe it all.
 
     sessions: how live streams are recognised (default: a streaming recogniser per stream when the
     model can stream, see `mindaudio.streaming`; else re-decoding the audio so far every
     `partial_interval` seconds, for bidirectional models); see `mindaudio.serving.live`.
+    compile_cache_dir: keep each batch shape's graph there (`Runtime.compile_cache_dir`; '' = not
+    kept; an unmasked model's are never kept: it runs every length unpadded).
     """
     limits = limits or Limits()
     model = build_model(config)
     load_model_weights(model, checkpoint)
     decoder = build_decoder(config)
     masked = config.ModelConfig.masked
-    worker = ModelWorker(model, masked=masked, max_batch=max_batch, batch_wait=batch_wait)
+    compiler = CompileOnFirstUse(forward_compile_cache(compile_cache_dir, config) if masked else None)
+    worker = ModelWorker(model, masked=masked, max_batch=max_batch, batch_wait=batch_wait, compiler=compiler)
     recognizer = Recognizer(worker, config.SpectConfig, decoder, chunk_seconds, context_seconds)
     if sessions is None and is_streamable(config):
         sessions = incremental_factory(

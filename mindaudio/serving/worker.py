@@ -28,6 +28,7 @@ import mindspore as ms
 
 from mindaudio.decoding.hypothesis import log_softmax
 from mindaudio.inference import PAD_MULTIPLE_FRAMES
+from mindaudio.runtime.compile_cache import CompileOnFirstUse
 from mindaudio.models.deepspeech2 import output_length
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,12 @@ class ModelWorker:
     -> (T', B, C) logits and lengths) on batches of feature matrices.
 
     masked: the model's outputs do not depend on padding (ModelConfig.masked); only then are items
-    padded to a multiple of `pad_multiple` frames and batched.
+    padded to a multiple of `pad_multiple` frames and batched. compiler: compiles each batch shape
+    through the compile cache at its first use (None: at its first call, kept for this process only).
     """
 
     def __init__(self, model: ms.nn.Cell, masked: bool = True, max_batch: int = 8, batch_wait: float = 0.005,
-                 pad_multiple: int = PAD_MULTIPLE_FRAMES):
+                 pad_multiple: int = PAD_MULTIPLE_FRAMES, compiler: Optional[CompileOnFirstUse] = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model = model
@@ -85,6 +87,7 @@ class ModelWorker:
         self.max_batch = max_batch if masked else 1
         self.batch_wait = batch_wait
         self.pad_multiple = pad_multiple if masked else 1
+        self.compiler = compiler
         self.stats = WorkerStats()
         self._queue: "queue.Queue[Any]" = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
@@ -198,7 +201,10 @@ class ModelWorker:
         for row, matrix in enumerate(features):
             batch[row, 0, :, :matrix.shape[1]] = matrix
             lengths[row] = matrix.shape[1]
-        logits, _ = self.model(ms.Tensor(batch), ms.Tensor(lengths))
+        inputs = (ms.Tensor(batch), ms.Tensor(lengths))
+        if self.compiler is not None:
+            self.compiler.before_call(f"serve {rows}x{padded}", self.model, inputs)
+        logits, _ = self.model(*inputs)
         logits = logits.asnumpy()
         self.stats.batches += 1
         self.stats.items += len(features)

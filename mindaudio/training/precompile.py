@@ -21,7 +21,8 @@ from mindaudio.config import Config
 from mindaudio.data.dataset import Split
 from mindaudio.data.features import num_freq_bins
 from mindaudio.data.sampler import Batch
-from mindaudio.runtime.compile_cache import CompileCache, CompileReport, Graph, describe
+from mindaudio.evaluation import forward_graphs
+from mindaudio.runtime.compile_cache import CompileCache, CompileReport, Graph, describe, shapes_to_compile
 from mindaudio.training.train_step import Update
 from mindaudio.training.validation import validation_batches
 
@@ -31,19 +32,13 @@ def _batch_shapes(split: Split, batches: Sequence[Batch]) -> List[tuple]:
     return sorted({(len(batch.indices), batch.frames, split.label_pad[batch.bucket]) for batch in batches})
 
 
-def _shapes_to_compile(cell: nn.Cell, shapes: List[tuple]) -> List[tuple]:
-    """All of `shapes`, or only the first when `cell` was given dynamic inputs (`Cell.set_inputs`,
-    `RuntimeConfig.dynamic_shapes`): its one graph then serves every shape."""
-    return shapes[:1] if cell.get_inputs() is not None else shapes
-
-
 def training_graphs(update: Update, split: Split, batches: Sequence[Batch], config: Config) -> List[Graph]:
     """The train step's graph for every input shape of `batches` (features (B, 1, F, T) float32,
     lengths (B,) int32, labels (B, S) int32, label lengths (B,) int32), then the optimizer update;
     one graph in all for a train step compiled for dynamic shapes."""
     freq = num_freq_bins(config.SpectConfig)
     graphs = []
-    for size, frames, label_pad in _shapes_to_compile(update.accumulate, _batch_shapes(split, batches)):
+    for size, frames, label_pad in shapes_to_compile(update.accumulate, _batch_shapes(split, batches)):
         inputs = (Tensor(np.zeros((size, 1, freq, frames), np.float32)), Tensor(np.ones(size, np.int32)),
                   Tensor(np.zeros((size, label_pad), np.int32)), Tensor(np.ones(size, np.int32)))
         graphs.append(Graph(f"train {size}x{frames}", update.accumulate, inputs))
@@ -52,13 +47,8 @@ def training_graphs(update: Update, split: Split, batches: Sequence[Batch], conf
 
 
 def validation_graphs(model: nn.Cell, split: Split, config: Config) -> List[Graph]:
-    """The model's forward pass (eval mode) for every input shape of validation's plan; one graph
-    in all for a model compiled for dynamic shapes."""
-    freq = num_freq_bins(config.SpectConfig)
-    shapes = _shapes_to_compile(model, _batch_shapes(split, validation_batches(split, config)))
-    return [Graph(f"validate {size}x{frames}", model,
-                  (Tensor(np.zeros((size, 1, freq, frames), np.float32)), Tensor(np.ones(size, np.int32))))
-            for size, frames, _ in shapes]
+    """The model's forward pass (eval mode) for every input shape of validation's plan."""
+    return forward_graphs(model, validation_batches(split, config), config.SpectConfig)
 
 
 def precompile(cache_dir: str, config: Config, world_size: int, update: Update, model: nn.Cell,
@@ -78,9 +68,7 @@ def precompile(cache_dir: str, config: Config, world_size: int, update: Update, 
         model.set_train(training)
         report = cache.compile_all(graphs())
         reports.append(report)
-        how = ("loaded from the compile cache" if report.hit else
-               f"compiled ({report.reason})" if report.reason else "compiled and stored in the compile cache")
-        log(f"{name}: {report.graphs} graph(s) {how} in {report.seconds:.1f} s")
+        log(f"{name}: {report.describe()}")
     model.set_train(True)
     return reports
 
