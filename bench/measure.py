@@ -24,12 +24,12 @@ from mindspore import ParameterTuple, Tensor, nn, ops
 from mindaudio.config import Config, load_config
 from mindaudio.data.audio import load_audio
 from mindaudio.data.digits import prepare_digits
-from mindaudio.data.dataset import (Batch, PaddedBatchSource, build_dataset, duration_frames,
-                                    load_split, make_sampler)
+from mindaudio.data.dataset import Batch, PaddedBatchSource, build_dataset, load_split, make_sampler
 from mindaudio.data.features import hop_size, log_spectrogram
 from mindaudio.models.deepspeech2 import output_length
 from mindaudio.data.text import CharTokenizer
 from mindaudio.decoding.greedy import GreedyDecoder
+from mindaudio.inference import padded_length
 from mindaudio.models.build import build_model
 from mindaudio.training.train_step import build_update
 
@@ -237,13 +237,13 @@ def eval_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, s
 
 
 def transcription_rtf(hidden: int, layers: int, baseline: bool, utterances: int, repeats: int) -> Dict:
-    """Real-time factor of transcribing one file at a time: read, features, pad (to its length
-    bucket, or 3500 frames for the baseline), model, greedy decode. Compile excluded."""
+    """Real-time factor of transcribing one file at a time: read, features, pad (as transcribe.py
+    does, `mindaudio.inference.padded_length`, or to 3500 frames for the baseline), model, greedy
+    decode. Compile excluded."""
     config = make_config(hidden, layers, baseline)
     spect = config.SpectConfig
     tokenizer = CharTokenizer.from_config(config)
     paths = sorted((workloads.LIBRISPEECH_MINI / "test-clean").rglob("*.flac"))[:utterances]
-    edges = list(config.TrainingConfig.bucket_boundaries) + [config.TrainingConfig.max_duration]
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     model = build_model(config, seed=1)
     model.set_train(False)
@@ -253,11 +253,7 @@ def transcription_rtf(hidden: int, layers: int, baseline: bool, utterances: int,
         signal = load_audio(path, spect.sample_rate)
         features = log_spectrogram(signal, spect)
         seconds = signal.size / spect.sample_rate
-        if config.EvalConfig.fixed_frames:
-            frames = config.EvalConfig.fixed_frames
-        else:
-            edge = next(e for e in edges if e >= seconds)
-            frames = duration_frames(edge, spect) + 2
+        frames = config.EvalConfig.fixed_frames or padded_length(features.shape[1])
         padded = np.zeros((1, 1, features.shape[0], frames), np.float32)
         length = min(features.shape[1], frames)
         padded[0, 0, :, :length] = features[:, :length]

@@ -51,16 +51,24 @@ def test_the_first_publisher_wins_and_nothing_partial_is_left(tmp_path):
     assert not CompileCache._stage(entry, str(tmp_path / "c"), 0, 2)
 
 
-def test_least_recently_used_entries_and_stale_partial_ones_are_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(compile_cache, "MAX_ENTRIES", 2)
+def test_least_recently_used_entries_beyond_the_byte_budget_and_stale_partial_ones_are_removed(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(compile_cache, "MAX_BYTES", 1000)
     cache = CompileCache(tmp_path, "test")
     now = 1_000_000_000.0
-    for age, name in [(30, "old"), (20, "middle"), (10, "new"), (7200, ".pending-dead"), (5, ".pending-live")]:
+    for age, name, size in [(40, "oldest", 10), (30, "old", 100), (20, "middle", 600), (10, "new", 300),
+                            (7200, ".pending-dead", 10), (5, ".pending-live", 10)]:
         (tmp_path / name).mkdir()
+        (tmp_path / name / "graph_0000.mindir").write_bytes(b"g" * size)
         os.utime(tmp_path / name, (now - age, now - age))
     monkeypatch.setattr(compile_cache.time, "time", lambda: now)
     cache._prune()
-    assert sorted(os.listdir(tmp_path)) == [".pending-live", "middle", "new"]
+    # new + middle = 900 bytes; old would make 1000 (kept: the budget is inclusive), oldest 1010.
+    assert sorted(os.listdir(tmp_path)) == [".pending-live", "middle", "new", "old"]
+    # The newest entry stays even when it alone is over the budget.
+    monkeypatch.setattr(compile_cache, "MAX_BYTES", 100)
+    cache._prune()
+    assert sorted(os.listdir(tmp_path)) == [".pending-live", "new"]
 
 
 def _step_inputs(batch, frames, label_len, freq):

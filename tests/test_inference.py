@@ -25,11 +25,12 @@ import mindspore as ms
 from corpus import small_config_dict
 from mindaudio.config import SpectConfig, config_from_dict
 from mindaudio.data.audio import AudioError, load_audio
+from mindaudio.data.features import num_frames
 from mindaudio.data.librispeech import extracted_utterances
 from mindaudio.data.manifest import write_manifest_with_transcripts
 from mindaudio.decoding.greedy import GreedyDecoder
-from mindaudio.inference import (ChunkGeometry, Failure, Transcriber, Transcript,
-                                 build_transcriber, plan_windows, stream_mono, transcribe_files)
+from mindaudio.inference import (ChunkGeometry, Failure, Transcriber, Transcript, build_transcriber,
+                                 padded_length, plan_windows, stream_mono, transcribe_files)
 from mindaudio.models.build import build_model
 
 SHORT_ID, LONG_ID = "1089-134686-0001", "1988-24833-0001"  # 3.3 s and 7.9 s
@@ -75,6 +76,18 @@ def transcriber(tiny):
 
 
 # ---------------------------------------------------------------- chunk planning (pure)
+
+
+def test_padding_for_one_file_adds_at_most_a_sixteenth_and_lengths_share_few_graphs():
+    frames = np.arange(1, 6001)
+    padded = np.array([padded_length(int(f)) for f in frames])
+    assert (padded >= frames).all()
+    assert (padded[frames >= 128] - frames[frames >= 128] <= frames[frames >= 128] / 16).all()
+    assert (padded[frames < 128] - frames[frames < 128] < 8).all()
+    # Padding twice changes nothing (a padded length is one of the shared lengths), and a 22 s
+    # window (2200 frames) or anything shorter meets one of 82.
+    assert all(padded_length(int(p)) == p for p in padded)
+    assert len(set(padded[frames <= 2200].tolist())) == 82
 
 
 @pytest.mark.parametrize("chunk,context", [(8.0, 2.0), (5.0, 0.5), (7.3, 3.1), (1.0, 0.02)])
@@ -437,15 +450,15 @@ def test_a_second_evaluation_or_transcription_loads_its_graphs_from_the_compile_
     assert _cache_lines(warm.stdout, "Test Summary") == _cache_lines(cold.stdout, "Test Summary") != []
     assert _cache_lines(warm.stdout, "Hyp: ") == _cache_lines(cold.stdout, "Hyp: ")
 
-    # Two files padded to different lengths (3.3 s -> 4 s, 7.9 s -> 8 s): one entry each.
+    # Two files padded to different lengths (3.3 s and 7.9 s): one entry each.
     files = [str(utterances[SHORT_ID][1]), str(utterances[LONG_ID][1])]
+    labels = [f"transcribe 1x{padded_length(num_frames(sf.info(path).frames, SPECT))}" for path in files]
+    assert labels[0] != labels[1]
     cold = run("transcribe.py", "-c", str(config), "--json", *files)
     warm = run("transcribe.py", "-c", str(config), "--json", files[1], files[0])
-    assert [line.split(":")[0] for line in _cache_lines(cold.stderr, "transcribe 1x")] == \
-        ["transcribe 1x400", "transcribe 1x800"]
+    assert [line.split(":")[0] for line in _cache_lines(cold.stderr, "transcribe 1x")] == labels
     assert all("compiled and stored" in line for line in _cache_lines(cold.stderr, "transcribe 1x"))
-    assert [line.split(":")[0] for line in _cache_lines(warm.stderr, "transcribe 1x")] == \
-        ["transcribe 1x800", "transcribe 1x400"]
+    assert [line.split(":")[0] for line in _cache_lines(warm.stderr, "transcribe 1x")] == labels[::-1]
     assert all("loaded from the compile cache" in line for line in _cache_lines(warm.stderr, "transcribe 1x"))
     by_path = {json.loads(line)["path"]: json.loads(line)["transcript"] for line in cold.stdout.splitlines()}
     assert {json.loads(line)["path"]: json.loads(line)["transcript"] for line in warm.stdout.splitlines()} == by_path

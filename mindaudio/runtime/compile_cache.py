@@ -73,9 +73,11 @@ _STAGING_PREFIX = "mindaudio-compile-"
 # Set when MindSpore's numbering of cached compiles left ours (it wrote other files than one per
 # graph): staged files could then meet the wrong compile, so the cache stays off in this process.
 _out_of_step = ""
-# Entries kept per cache folder (the least recently used go first); a digits-recipe entry of 13
-# training graphs takes about 50 MB.
-MAX_ENTRIES = 64
+# Bytes of entries kept per cache folder (the least recently used go first; the newest is always
+# kept). Entries differ in size by 400x: a digits-recipe entry of 13 training graphs takes about
+# 50 MB, one forward graph of a transcribed length about 120 kB, so a count would either evict
+# training's entries for a few dozen transcribed lengths or let training's grow without bound.
+MAX_BYTES = 2 << 30
 # A half-written entry of a run killed while storing it is removed after this long.
 _STALE_PENDING_S = 3600.0
 
@@ -313,7 +315,7 @@ class CompileCache:
 
 
     def _prune(self) -> None:
-        """Keep the MAX_ENTRIES most recently used entries; remove stale half-written ones."""
+        """Keep the most recently used entries up to MAX_BYTES; remove stale half-written ones."""
         entries = []
         now = time.time()
         for path in self.root.iterdir():
@@ -322,12 +324,16 @@ class CompileCache:
                     if now - path.stat().st_mtime > _STALE_PENDING_S:
                         shutil.rmtree(path, ignore_errors=True)
                 elif not path.name.startswith("."):
-                    entries.append((path.stat().st_mtime, path))
+                    size = sum(f.stat().st_size for f in path.iterdir())
+                    entries.append((path.stat().st_mtime, size, path))
             except OSError:
                 continue  # removed meanwhile by another run
-        for _, path in sorted(entries, reverse=True)[MAX_ENTRIES:]:
-            # A run staging from it meanwhile finds it gone and compiles afresh.
-            shutil.rmtree(path, ignore_errors=True)
+        total = 0
+        for index, (_, size, path) in enumerate(sorted(entries, reverse=True)):
+            total += size
+            if total > MAX_BYTES and index > 0:
+                # A run staging from it meanwhile finds it gone and compiles afresh.
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def shapes_to_compile(cell: nn.Cell, shapes: List[tuple]) -> List[tuple]:

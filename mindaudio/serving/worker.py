@@ -27,11 +27,15 @@ import numpy as np
 import mindspore as ms
 
 from mindaudio.decoding.hypothesis import log_softmax
-from mindaudio.inference import PAD_MULTIPLE_FRAMES
-from mindaudio.runtime.compile_cache import CompileOnFirstUse
 from mindaudio.models.deepspeech2 import output_length
+from mindaudio.runtime.compile_cache import CompileOnFirstUse
 
 logger = logging.getLogger(__name__)
+
+# Items are padded up to a multiple of this many feature frames (2 s): coarser than a file
+# transcribed alone (`mindaudio.inference.padded_length`), so that items of similar lengths
+# share a batch.
+PAD_MULTIPLE_FRAMES = 200
 
 
 @dataclass
