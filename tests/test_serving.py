@@ -117,7 +117,9 @@ def test_worker_batches_together_and_gives_each_its_own_result(tiny_model, speec
         with pytest.raises(ZeroDivisionError):
             asyncio.run(worker.call(lambda: 1 / 0))
         again = asyncio.run(worker.log_probs(features[:1]))[0]
-        np.testing.assert_array_equal(again, expected[0])  # batch 1 is the batch-1 model exactly
+        # Batch 1 is the batch-1 model; only float rounding may differ, as the server pads to 2 s
+        # steps and a file alone is padded less (another shape, other kernel blocking).
+        np.testing.assert_allclose(again, expected[0], rtol=0, atol=1e-6)
     finally:
         worker.stop()
 
