@@ -159,6 +159,10 @@ def padding_overheads() -> Dict[str, tuple]:
     }
 
 
+def _percent(value):
+    return None if value is None else f"{100 * value:.1f}%"
+
+
 def build_tables(results: Dict[str, Dict], settings: Dict) -> List[str]:
     """The markdown lines of the main table, the step profile and the FLOP counts."""
     from bench.flops import forward_flops_per_second
@@ -171,6 +175,11 @@ def build_tables(results: Dict[str, Dict], settings: Dict) -> List[str]:
         if ours is None or base is None or base == 0 or ours == 0:
             return None
         return ours / base if higher_is_better else base / ours
+
+    def efficiency(key):
+        """A job's useful GFLOP/s over the matmul rate of the same run."""
+        gflops = get(key, "achieved_gflops")
+        return gflops / limit if gflops and limit else None
 
     def add(figure, model, ours, base, r, target="", met=None, unit=""):
         mark = "" if met is None or ours is None else ("yes" if met else "no")
@@ -194,15 +203,9 @@ def build_tables(results: Dict[str, Dict], settings: Dict) -> List[str]:
             get(f"train/{model}/baseline", "shapes_in_epoch"), None)
         add("  peak RSS (MB)", name, get(f"train/{model}/ours", "peak_rss_mb"),
             get(f"train/{model}/baseline", "peak_rss_mb"), None)
-        def efficiency(scheme):
-            gflops = get(f"train/{model}/{scheme}", "achieved_gflops")
-            return gflops / limit if gflops and limit else None
-
         def add_efficiency(scheme):
-            ours_eff, base_eff = efficiency(scheme), efficiency("baseline")
-            add("  efficiency: useful GFLOP/s / matmul GFLOP/s", name,
-                None if ours_eff is None else f"{100 * ours_eff:.1f}%",
-                None if base_eff is None else f"{100 * base_eff:.1f}%",
+            ours_eff, base_eff = efficiency(f"train/{model}/{scheme}"), efficiency(f"train/{model}/baseline")
+            add("  efficiency: useful GFLOP/s / matmul GFLOP/s", name, _percent(ours_eff), _percent(base_eff),
                 ratio(ours_eff, base_eff), ">= 60%" if model == "full" else "",
                 (ours_eff is not None and ours_eff >= 0.6) if model == "full" else None)
 
@@ -231,6 +234,12 @@ def build_tables(results: Dict[str, Dict], settings: Dict) -> List[str]:
             get(f"eval/{model}/baseline", "padded_over_audio"), None)
         add("  peak RSS (MB)", name, get(f"eval/{model}/ours", "peak_rss_mb"),
             get(f"eval/{model}/baseline", "peak_rss_mb"), None)
+        batch = (settings["eval"].get(model) or {}).get("batch_size")
+        eval_eff = {scheme: efficiency(f"eval/{model}/{scheme}") for scheme in ("ours", "baseline")}
+        add(f"  efficiency at batch {batch}: useful GFLOP/s / matmul GFLOP/s", name, _percent(eval_eff["ours"]),
+            _percent(eval_eff["baseline"]), ratio(eval_eff["ours"], eval_eff["baseline"]),
+            ">= 70%" if model == "full" else "",
+            (eval_eff["ours"] is not None and eval_eff["ours"] >= 0.7) if model == "full" else None)
     for model, (hidden, layers) in settings["models"].items():
         name = f"{model} H{hidden}x{layers}"
         ours, base = get(f"rtf/{model}/ours", "rtf"), get(f"rtf/{model}/baseline", "rtf")
