@@ -353,11 +353,12 @@ class Trainer:
         improved = val_wer is not None and val_wer < state.best_wer
         if improved:
             state.best_wer = val_wer
-        path = self._save()
-        if improved:
             self._save(best=True)
         self.log.write(**record)
-        return path or None
+        # Last: a run resumes from this checkpoint at the next epoch, so everything the epoch's end
+        # produces (the best checkpoint, the epoch's log record) must be on disk before it. A kill
+        # before it resumes inside this epoch and redoes its end (the record is then logged twice).
+        return self._save() or None
 
 
 def _is_collective_failure(err: RuntimeError) -> bool:
