@@ -14,7 +14,9 @@ Variants (all compute the same layer; only `masked` is exact for a batch with pa
   device's own bidirectional primitive), the halves of its output summed; not exact with padding.
 Each row: the median of --repeats timed gradient computations (weights and input), after two
 untimed ones, and the useful GFLOP/s (2 x multiply-adds of the gate products, x3 for
-forward + backward) against the fp32 matmul rate measured in the same run.
+forward + backward) against the fp32 matmul rate measured in the same run as `bench/run.py`
+measures it (`measure.matmul_rate`: the better of MindSpore's and numpy's), so the shares compare
+with its efficiency rows.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
 from bench.host_info import cpu_line, load_average  # noqa: E402
+from bench.measure import matmul_rate  # noqa: E402
 from mindaudio.models.deepspeech2 import LSTMLayer  # noqa: E402
 
 
@@ -62,18 +65,6 @@ class _Gradients(nn.Cell):
 
     def construct(self, x):
         return self.grad(self.loss, self.params)(x)
-
-
-def _matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a = Tensor(np.random.default_rng(0).standard_normal((size, size)).astype(np.float32))
-    matmul = ops.MatMul()
-    matmul(a, a).asnumpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, a).asnumpy()
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / float(np.median(times)) / 1e9
 
 
 def main() -> int:
@@ -111,7 +102,7 @@ def main() -> int:
             start = time.perf_counter()
             run(cell)
             times[name].append(time.perf_counter() - start)
-    matmul = _matmul_gflops()
+    matmul = matmul_rate(size=2048, repeats=5)["limit_gflops"]
     # Per direction and step: input and recurrent gate products, 2 x B x H x 4H multiply-adds each.
     flops = 3 * 2 * steps * (2 * 2 * batch * hidden * 4 * hidden)
 
