@@ -10,11 +10,15 @@ epoch. First one uninterrupted run; then a run that is killed `--kills` times an
 each kill. Each kill picks a moment at random: inside a training step, inside a checkpoint write,
 inside a validation, or during start-up, at a random delay into it (the training process reports
 its phases to this script through a pipe; the kill itself is an ordinary SIGKILL from outside).
+`--exact best,record` first adds one kill at each of two exact moments of the first epoch's end,
+where timing would rarely land: just after the best checkpoint is written, and just after the
+epoch's log record is written (both before the checkpoint a resumed run starts from). The process
+sends itself the SIGKILL there.
 
 Checked: after every resume, the newest checkpoint the resumed run wrote equals the uninterrupted
 run's checkpoint of the same epoch and step bit for bit (every parameter, BatchNorm statistic,
-Adam moment and train-state value); at the end, the final checkpoint and every epoch's logged
-train loss equal the uninterrupted run's. Prints one line per kill and a JSON summary; exits 1
+Adam moment and train-state value); at the end, the final checkpoint, the best checkpoint and
+every epoch's logged train loss equal the uninterrupted run's. Prints one line per kill and a JSON summary; exits 1
 when anything differs.
 """
 from __future__ import annotations
@@ -37,14 +41,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PHASES = ("step", "save", "validate", "start")
+# Exact moments at the end of the first epoch, where the training process kills itself.
+EXACT_MEANING = {"best": "best checkpoint was written", "record": "epoch's log record was written"}
+EXACT_MOMENTS = tuple(EXACT_MEANING)
 PREFIX = "DeepSpeech"
 
 
 # ---------------------------------------------------------------- the training process
 
 
-def child(config_path: str, fd: int) -> int:
-    """Train from `config_path`, writing `begin <phase>` / `end <phase>` lines to `fd`."""
+def child(config_path: str, fd: int, die_at: str = "") -> int:
+    """Train from `config_path`, writing `begin <phase>` / `end <phase>` lines to `fd`. With `die_at`
+    'best' or 'record', SIGKILL itself just after the first best checkpoint or epoch record is written."""
     import mindaudio  # noqa: F401  (before mindspore)
     import mindspore as ms
 
@@ -71,6 +79,25 @@ def child(config_path: str, fd: int) -> int:
     trainer_module.evaluate_split = traced("validate", trainer_module.evaluate_split)
     config = load_config(config_path)
     trainer = trainer_module.Trainer(config, progress=False)
+    if die_at:
+        def die() -> None:
+            mark(f"died at {die_at}")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        save, write = trainer._save, trainer.log.write
+
+        def save_then_die(best: bool = False) -> str:
+            path = save(best=best)
+            if best and die_at == "best":
+                die()
+            return path
+
+        def write_then_die(**record) -> None:
+            write(**record)
+            if record.get("kind") == "epoch" and die_at == "record":
+                die()
+
+        trainer._save, trainer.log.write = save_then_die, write_then_die
     update = trainer.update
     update.add_micro_batch = traced("step", update.add_micro_batch)
     update.finish = traced("step", update.finish)
@@ -116,10 +143,11 @@ def write_config(workdir: Path, name: str, epochs: int, utterances: int) -> Path
 class Segment:
     """One launch of the training process, optionally killed at a chosen moment."""
 
-    def __init__(self, config: Path, log_path: Path):
+    def __init__(self, config: Path, log_path: Path, die_at: str = ""):
         read_fd, write_fd = os.pipe()
         self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, __file__, "--child", str(config), "--fd", str(write_fd)],
+        self.proc = subprocess.Popen([sys.executable, __file__, "--child", str(config), "--fd", str(write_fd)]
+                                     + (["--die_at", die_at] if die_at else []),
                                      cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, pass_fds=(write_fd,))
         os.close(write_fd)
         self.pipe = os.fdopen(read_fd, "r")
@@ -252,6 +280,33 @@ def epoch_losses(directory: Path) -> Dict[int, float]:
     return losses
 
 
+def compare_new_checkpoints(workdir: Path, before: set):
+    """After a killed segment: the partial files it left, the numbered checkpoints it wrote (not in
+    `before`), and how the newest compares with the uninterrupted run's of the same name."""
+    partials = sorted(p.name for p in (workdir / "killed").glob(".partial-*"))
+    written = [p for p in numbered(workdir / "killed") if p.name not in before]
+    verdict = "no new checkpoint"
+    if written:
+        newest = written[-1]
+        reference_file = workdir / "straight" / newest.name
+        if not reference_file.exists():
+            verdict = f"{newest.name} has no counterpart in the uninterrupted run"
+        else:
+            diff = differences(newest, reference_file)
+            verdict = "identical" if not diff else f"DIFFERS in {len(diff)} value(s): {', '.join(diff[:4])}"
+    return partials, written, verdict
+
+
+def best_checkpoint_differences(workdir: Path) -> List[str]:
+    """How the killed run's best checkpoint differs from the uninterrupted run's ([] when equal)."""
+    got, want = workdir / "killed" / f"{PREFIX}-best.ckpt", workdir / "straight" / f"{PREFIX}-best.ckpt"
+    if not want.exists():
+        return ["only in the killed run"] if got.exists() else []
+    if not got.exists():
+        return ["missing in the killed run"]
+    return differences(got, want)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -263,18 +318,24 @@ def main() -> int:
     parser.add_argument("--utterances", type=int, default=24, help="training recordings (4 per step)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"where kills may be aimed, comma-separated among {','.join(PHASES)}")
+    parser.add_argument("--exact", default="",
+                        help=f"exact moments to kill at first, comma-separated among {','.join(EXACT_MOMENTS)}")
     parser.add_argument("--workdir", default="", help="keep everything here (default: a temporary folder)")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--fd", type=int, default=-1, help=argparse.SUPPRESS)
+    parser.add_argument("--die_at", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.fd)
+        return child(args.child, args.fd, args.die_at)
 
     rng = random.Random(args.seed)
     phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
     unknown = sorted(set(phases) - set(PHASES))
     if unknown or not phases:
         parser.error(f"--phases: choose among {', '.join(PHASES)}")
+    exact = [moment.strip() for moment in args.exact.split(",") if moment.strip()]
+    if sorted(set(exact) - set(EXACT_MOMENTS)):
+        parser.error(f"--exact: choose among {', '.join(EXACT_MOMENTS)}")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="kill_resume_"))
     workdir.mkdir(parents=True, exist_ok=True)
     for name in ("straight", "killed"):
@@ -299,7 +360,20 @@ def main() -> int:
 
     kills: List[Dict] = []
     finished_early = False
-    while len(kills) < args.kills:
+    for moment in exact:
+        before = {p.name for p in numbered(workdir / "killed")}
+        segment = Segment(killed_cfg, workdir / "killed.log", die_at=moment)
+        segment.run_to_end()
+        if f"died at {moment}" not in segment.history:
+            print(f"the run never reached the exact moment '{moment}'", file=sys.stderr)
+            return 1
+        partials, written, verdict = compare_new_checkpoints(workdir, before)
+        kills.append({"aimed_at": f"exact {moment}", "died_in": f"exact {moment}", "new_checkpoints": len(written),
+                      "partial_files_left": partials,
+                      "newest_checkpoint": written[-1].name if written else None, "verdict": verdict})
+        print(f"kill {len(kills):2d}: exactly after the first {EXACT_MEANING[moment]}; "
+              f"{len(written)} new checkpoint(s){', partial file left' if partials else ''}: {verdict}")
+    while len(kills) < args.kills + len(exact):
         phase = rng.choice(phases)
         if phase == "start":
             occurrence, delay = 0, rng.uniform(0.0, 15.0)
@@ -314,17 +388,7 @@ def main() -> int:
             finished_early = True
             print(f"the run finished before kill {len(kills) + 1} could land (use more --epochs)")
             break
-        partials = sorted(p.name for p in (workdir / "killed").glob(".partial-*"))
-        written = [p for p in numbered(workdir / "killed") if p.name not in before]
-        verdict = "no new checkpoint"
-        if written:
-            newest = written[-1]
-            reference_file = workdir / "straight" / newest.name
-            if not reference_file.exists():
-                verdict = f"{newest.name} has no counterpart in the uninterrupted run"
-            else:
-                diff = differences(newest, reference_file)
-                verdict = "identical" if not diff else f"DIFFERS in {len(diff)} value(s): {', '.join(diff[:4])}"
+        partials, written, verdict = compare_new_checkpoints(workdir, before)
         kills.append({"aimed_at": phase, "occurrence": occurrence, "delay_s": round(delay, 4), "died_in": where,
                       "new_checkpoints": len(written), "partial_files_left": partials,
                       "newest_checkpoint": written[-1].name if written else None, "verdict": verdict})
@@ -338,6 +402,7 @@ def main() -> int:
         print(f"the last resume failed (exit {code}); see {workdir / 'killed.log'}", file=sys.stderr)
         return 1
     final_diff = differences(got, workdir / "straight" / final_name)
+    best_diff = best_checkpoint_differences(workdir)
     losses_want, losses_got = epoch_losses(workdir / "straight"), epoch_losses(workdir / "killed")
     loss_diff = [epoch for epoch in losses_want if losses_got.get(epoch) != losses_want[epoch]]
     identical_segments = sum(1 for k in kills if k["verdict"] == "identical")
@@ -348,11 +413,12 @@ def main() -> int:
         "died_in": {where: sum(1 for k in kills if k["died_in"] == where) for where in sorted({k["died_in"] for k in kills})},
         "resumed_segments_compared": compared, "resumed_segments_identical": identical_segments,
         "final_checkpoint": final_name, "final_identical": not final_diff, "final_differences": final_diff[:10],
+        "best_identical": not best_diff, "best_differences": best_diff[:10],
         "epoch_train_loss_identical": not loss_diff, "epochs_with_other_train_loss": loss_diff,
         "workdir": str(workdir),
     }
     print(json.dumps(summary, indent=1))
-    ok = not final_diff and not loss_diff and not differing and not finished_early
+    ok = not final_diff and not best_diff and not loss_diff and not differing and not finished_early
     print(f"{'OK' if ok else 'FAILED'}: {len(kills)} kill(s); {identical_segments}/{compared} resumed segments' "
           f"checkpoints identical; final weights {'identical' if not final_diff else 'DIFFER'}")
     if ok and not args.workdir:
