@@ -1,9 +1,7 @@
 """The trainer's choice of where to start: an original training-cell checkpoint (also by URL),
 the newest intact checkpoint when the newest is corrupt, and a partial Pretrained_model."""
-import http.server
 import logging
 import os
-import threading
 
 import numpy as np
 
@@ -11,6 +9,7 @@ import mindaudio  # noqa: F401  (before mindspore)
 import mindspore as ms
 
 from corpus import small_config_dict
+from file_server import FileServer
 from mindaudio.checkpoint import (CACHE_ENV, CheckpointManager, TrainState, load_checkpoint, save_atomic,
                                   training_parameters)
 from mindaudio.config import config_from_dict
@@ -77,27 +76,13 @@ def test_trainer_resumes_from_a_checkpoint_url(short_manifest, tmp_path, monkeyp
         training_parameters(first.model, first.optimizer), TrainState(epoch=1, global_step=2, seed=first.state.seed))
     body = open(path, "rb").read()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    server = FileServer({"/runs/DeepSpeech-e001-s00000002.ckpt": body})
     try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/runs/DeepSpeech-e001-s00000002.ckpt"
+        url = server.url("/runs/DeepSpeech-e001-s00000002.ckpt")
         config = make_config(short_manifest, tmp_path / "second", CheckpointConfig={"resume_from": url})
         second = built(config)
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+        server.stop()
     assert (second.state.epoch, second.state.global_step) == (1, 2)
     want, _ = load_checkpoint(path)
     for p in second.model.get_parameters():

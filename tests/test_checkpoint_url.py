@@ -1,7 +1,6 @@
 """Checkpoints given as http(s) URLs, against a real HTTP server on 127.0.0.1 (never the internet):
 fetched once into the cache, resumed with a Range request after a dropped connection, reused
 when the server is gone, and a one-line error naming the URL when it cannot be fetched."""
-import http.server
 import os
 import re
 import socket
@@ -14,6 +13,7 @@ import pytest
 
 import mindaudio  # noqa: F401  (before mindspore)
 
+from file_server import FileServer
 from mindaudio.checkpoint import (CACHE_ENV, CheckpointDownloadError, CheckpointError, cached_path,
                                   load_checkpoint, load_model_weights, save_atomic)
 from mindaudio.config import Config, check_files
@@ -25,59 +25,6 @@ def small_model(seed):
     config.ModelConfig.hidden_size = 16
     config.ModelConfig.hidden_layers = 1
     return build_model(config, seed=seed)
-
-
-class CheckpointServer:
-    """Serves `files` (URL path -> bytes) with Range support; `drop_after[path] = n` makes the next
-    request for that path send only n bytes of the body and close the connection."""
-
-    def __init__(self, files):
-        self.files = dict(files)
-        self.drop_after = {}
-        self.requests = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append((self.path, self.headers.get("Range")))
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404, "Not Found")
-                    return
-                start = 0
-                match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
-                if match:
-                    start = int(match.group(1))
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                cut = server.drop_after.pop(self.path, None)
-                self.wfile.write(body[start:] if cut is None else body[start:start + cut])
-                if cut is not None:
-                    self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
 
 
 @pytest.fixture
@@ -102,7 +49,7 @@ def assert_weights(model, weights):
 
 def test_url_is_fetched_once_into_the_cache_then_reused_without_network(cache, published):
     body, weights = published
-    server = CheckpointServer({"/toolkits/deepspeech2.ckpt": body})
+    server = FileServer({"/toolkits/deepspeech2.ckpt": body})
     url = server.url("/toolkits/deepspeech2.ckpt")
     try:
         model = small_model(seed=0)
@@ -128,7 +75,7 @@ def test_url_is_fetched_once_into_the_cache_then_reused_without_network(cache, p
 
 def test_dropped_download_resumes_with_a_range_request(cache, published):
     body, weights = published
-    server = CheckpointServer({"/ds2.ckpt": body})
+    server = FileServer({"/ds2.ckpt": body})
     url = server.url("/ds2.ckpt")
     cut = len(body) // 3
     server.drop_after["/ds2.ckpt"] = cut
@@ -152,7 +99,7 @@ def test_dropped_download_resumes_with_a_range_request(cache, published):
 
 
 def test_http_404_is_one_error_line_naming_the_url(cache):
-    server = CheckpointServer({})
+    server = FileServer({})
     url = server.url("/missing/deepspeech2.ckpt")
     try:
         with pytest.raises(CheckpointError) as err:
@@ -178,7 +125,7 @@ def test_a_corrupt_download_is_named_with_its_url_and_cache_file(cache, publishe
     damaged = bytearray(body)
     middle = len(damaged) // 2
     damaged[middle:middle + 64] = bytes(b ^ 0xFF for b in damaged[middle:middle + 64])
-    server = CheckpointServer({"/bad.ckpt": bytes(damaged)})
+    server = FileServer({"/bad.ckpt": bytes(damaged)})
     url = server.url("/bad.ckpt")
     try:
         with pytest.raises(CheckpointError) as err:
@@ -189,7 +136,7 @@ def test_a_corrupt_download_is_named_with_its_url_and_cache_file(cache, publishe
 
 
 def test_transcribe_reports_an_unreachable_checkpoint_url_in_one_line(cache, repo_root):
-    server = CheckpointServer({})
+    server = FileServer({})
     url = server.url("/gone.ckpt")
     try:
         proc = subprocess.run([sys.executable, "transcribe.py", "-c", "configs/digits.yaml", "--checkpoint", url,
@@ -221,28 +168,16 @@ def test_concurrent_processes_fetch_a_url_once(cache, published):
 
     body, _ = published
     second_request = threading.Event()
-    requests = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            if len(requests) == 1:
-                # Hold the first transfer open so that an unlocked second resolver would overlap it.
-                second_request.wait(timeout=3.0)
-            else:
-                second_request.set()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def hold_the_first_transfer(path):
+        # Hold the first transfer open so that an unlocked second resolver would overlap it.
+        if len(server.requests) == 1:
+            second_request.wait(timeout=3.0)
+        else:
+            second_request.set()
 
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    serving = threading.Thread(target=httpd.serve_forever, daemon=True)
-    serving.start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/shared.ckpt"
+    server = FileServer({"/shared.ckpt": body}, before_reply=hold_the_first_transfer)
+    url = server.url("/shared.ckpt")
     results = []
     try:
         workers = [threading.Thread(target=lambda: results.append(resolve_checkpoint(url, progress=False)))
@@ -252,9 +187,7 @@ def test_concurrent_processes_fetch_a_url_once(cache, published):
         for worker in workers:
             worker.join()
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        serving.join()
-    assert requests == ["/shared.ckpt"]
+        server.stop()
+    assert [path for path, _ in server.requests] == ["/shared.ckpt"]
     assert results == [str(cached_path(url))] * 2
     assert cached_path(url).read_bytes() == body
