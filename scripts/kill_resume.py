@@ -18,8 +18,8 @@ sends itself the SIGKILL there.
 Checked: after every resume, the newest checkpoint the resumed run wrote equals the uninterrupted
 run's checkpoint of the same epoch and step bit for bit (every parameter, BatchNorm statistic,
 Adam moment and train-state value); at the end, the final checkpoint, the best checkpoint and
-every epoch's logged train loss equal the uninterrupted run's. Prints one line per kill and a JSON summary; exits 1
-when anything differs.
+every epoch's logged train loss equal the uninterrupted run's. Prints one line per kill and a
+JSON summary; exits 1 when anything differs.
 """
 from __future__ import annotations
 
