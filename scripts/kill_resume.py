@@ -360,6 +360,16 @@ def main() -> int:
 
     kills: List[Dict] = []
     finished_early = False
+
+    def record(before: set, aimed_at: str, died_in: str, how: str, **details) -> None:
+        """Compare what the killed segment wrote with the uninterrupted run; one line per kill."""
+        partials, written, verdict = compare_new_checkpoints(workdir, before)
+        kills.append({"aimed_at": aimed_at, **details, "died_in": died_in, "new_checkpoints": len(written),
+                      "partial_files_left": partials,
+                      "newest_checkpoint": written[-1].name if written else None, "verdict": verdict})
+        print(f"kill {len(kills):2d}: {how}; "
+              f"{len(written)} new checkpoint(s){', partial file left' if partials else ''}: {verdict}")
+
     for moment in exact:
         before = {p.name for p in numbered(workdir / "killed")}
         segment = Segment(killed_cfg, workdir / "killed.log", die_at=moment)
@@ -367,12 +377,7 @@ def main() -> int:
         if f"died at {moment}" not in segment.history:
             print(f"the run never reached the exact moment '{moment}'", file=sys.stderr)
             return 1
-        partials, written, verdict = compare_new_checkpoints(workdir, before)
-        kills.append({"aimed_at": f"exact {moment}", "died_in": f"exact {moment}", "new_checkpoints": len(written),
-                      "partial_files_left": partials,
-                      "newest_checkpoint": written[-1].name if written else None, "verdict": verdict})
-        print(f"kill {len(kills):2d}: exactly after the first {EXACT_MEANING[moment]}; "
-              f"{len(written)} new checkpoint(s){', partial file left' if partials else ''}: {verdict}")
+        record(before, f"exact {moment}", f"exact {moment}", f"exactly after the first {EXACT_MEANING[moment]}")
     while len(kills) < args.kills + len(exact):
         phase = rng.choice(phases)
         if phase == "start":
@@ -388,12 +393,8 @@ def main() -> int:
             finished_early = True
             print(f"the run finished before kill {len(kills) + 1} could land (use more --epochs)")
             break
-        partials, written, verdict = compare_new_checkpoints(workdir, before)
-        kills.append({"aimed_at": phase, "occurrence": occurrence, "delay_s": round(delay, 4), "died_in": where,
-                      "new_checkpoints": len(written), "partial_files_left": partials,
-                      "newest_checkpoint": written[-1].name if written else None, "verdict": verdict})
-        print(f"kill {len(kills):2d}: aimed at {phase} #{occurrence} +{delay * 1000:.0f} ms, died in {where}; "
-              f"{len(written)} new checkpoint(s){', partial file left' if partials else ''}: {verdict}")
+        record(before, phase, where, f"aimed at {phase} #{occurrence} +{delay * 1000:.0f} ms, died in {where}",
+               occurrence=occurrence, delay_s=round(delay, 4))
 
     final = Segment(killed_cfg, workdir / "killed.log")
     code = final.run_to_end()
