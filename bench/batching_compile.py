@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.host_info import cpu_line, load_average  # noqa: E402
+from bench.process_memory import peak_rss_mb  # noqa: E402
 
 RESULT_MARK = "RESULT "
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def _child(args) -> dict:
                   utterances=int(sum(b[0].shape[0] for b in arrays)), real_frames=real_frames,
                   padded_frames=padded_frames, audio_s=real_frames * seconds_per_frame, train_s=train_s,
                   val_s=val_s, data_cpu_s=data_cpu_s,
-                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+                  peak_rss_mb=peak_rss_mb())
     return result
 
 

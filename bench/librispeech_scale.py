@@ -62,6 +62,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench import workloads  # noqa: E402
 from bench.host_info import load_average  # noqa: E402
+from bench.process_memory import rss_mb  # noqa: E402
 
 RESULT_MARK = "BENCH_RESULT "
 TRAIN_960_UTTERANCES = 281_241
@@ -127,22 +128,17 @@ def write_scale_manifest(corpus: Path, size: int, seed: int = 0) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Measuring one size (in its own process)
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
 class _PeakRss:
     """The highest RSS (MB) seen while active, sampled every `interval` seconds by a thread."""
 
     def __init__(self, interval: float = 0.005):
-        self.interval, self.peak = interval, _rss_mb()
+        self.interval, self.peak = interval, rss_mb()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss_mb())
+            self.peak = max(self.peak, rss_mb())
 
     def __enter__(self):
         self._thread.start()
@@ -151,7 +147,7 @@ class _PeakRss:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
+        self.peak = max(self.peak, rss_mb())
 
 
 class _Clock:
@@ -202,7 +198,7 @@ def measure_size(manifest: Path, batch_size: int = BATCH_SIZE, batch_frames: int
     tokenizer = CharTokenizer.from_config(config)
     signal = workloads.speech_signal()
     gc.collect()
-    rss_start = _rss_mb()
+    rss_start = rss_mb()
     result: Dict = {"manifest": str(manifest)}
     with _PeakRss() as peak:
         # The trainer's start (mindaudio/training/trainer.py), timed part by part.
@@ -221,7 +217,7 @@ def measure_size(manifest: Path, batch_size: int = BATCH_SIZE, batch_frames: int
         result["plan_frames_cpu_s"], result["plan_frames_wall_s"], frames_plan = _min_cpu(
             lambda: frames_sampler.batches(1), plan_repeats)
         gc.collect()
-        result["held_mb"] = _rss_mb() - rss_start
+        result["held_mb"] = rss_mb() - rss_start
     result["peak_mb"] = peak.peak - rss_start
     # Fill the placeholder files the first batch reads: not part of the start-up.
     result["audio_written_s"] = workloads.materialize(
@@ -236,7 +232,7 @@ def measure_size(manifest: Path, batch_size: int = BATCH_SIZE, batch_frames: int
     result["first_batch_cpu_s"] = result["load_cpu_s"] + result["sampler_cpu_s"] + build_cpu
     result["first_batch_wall_s"] = result["load_wall_s"] + result["sampler_wall_s"] + build_wall
     gc.collect()
-    result["pipeline_mb"] = _rss_mb() - rss_start
+    result["pipeline_mb"] = rss_mb() - rss_start
     del dataset, iterator
     result.update(first_batch_shape=list(features.shape),
                   first_batch_finite=bool(np.isfinite(features).all()),

@@ -9,7 +9,6 @@ timed runs.
 from __future__ import annotations
 
 import dataclasses
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from mindaudio.training.train_step import build_update
 
 from bench import workloads
 from bench.flops import forward_flops_per_second, train_flops_per_second
+from bench.process_memory import peak_rss_mb
 
 DIGITS_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
@@ -42,10 +42,6 @@ DIGITS_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 # every evaluation batch to 3500 frames, LSTM unmasked.
 BASELINE_TRAIN_FRAMES = 1250
 BASELINE_EVAL_FRAMES = 3500
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def make_config(hidden: int, layers: int, baseline: bool) -> Config:
@@ -74,18 +70,19 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
-def _training_step(model: nn.Cell, optim, weight_decay: bool = True):
+def _training_step(model: nn.Cell, optim, weight_decay: bool = True, dynamic_shapes: bool = False):
     """The training update of `model` exactly as the trainer builds it on one process
     (`build_update`): CTC gradients accumulated into buffers, then a clipped Adam update.
 
     optim: an `OptimConfig`. weight_decay=False runs Adam without weight decay (`batch_scaling`
-    has always been timed so; kept so its results stay comparable). Returns (update, step):
+    has always been timed so; kept so its results stay comparable); dynamic_shapes as
+    `RuntimeConfig.dynamic_shapes` (one graph for every input shape). Returns (update, step):
     `step(features, lengths, labels, label_lengths)` runs one whole update from that one batch
     and waits for it; `update.accumulate` / `update.apply` are the cells to compile.
     """
     if not weight_decay:
         optim = dataclasses.replace(optim, weight_decay=0.0)
-    update = build_update(model, optim)
+    update = build_update(model, optim, dynamic_shapes=dynamic_shapes)
 
     def step(*data):
         update.add_micro_batch(*data)
@@ -144,7 +141,7 @@ def _sample_records(split, spect, chosen, blank_id, cap, run_step, compile_step,
         times = [_timed(lambda: run_step(inputs)) for _ in range(repeats)]
         records.append({"frames": batch.frames, "utterances": len(batch.indices),
                         "padded_frames": batch.frames * len(batch.indices),
-                        "audio_s": _audio_seconds(split, [batch], cap), "step_s": float(np.median(times)),
+                        "audio_s": _audio_seconds(split, [batch], cap), "step_s": float(np.median(times)) if times else float("nan"),
                         "warmup_s": warmup_s, "runs_s": times,
                         "compile_s": compile_s, "data_cpu_s": data_s})
     return records
@@ -160,12 +157,16 @@ def _plan_stats(split, plan, cap, seconds_per_frame) -> Dict:
 
 
 def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, strata: int,
-                     repeats: int, max_utterances: int, pick: int = -1, batch_frames: int = 0) -> Dict:
+                     repeats: int, max_utterances: int, pick: int = -1, batch_frames: int = 0,
+                     dynamic_shapes: bool = False, largest_first: bool = False) -> Dict:
     """Training step times for a stratified sample of a real epoch plan on the train-clean-5
     length mix (all sampled batches, or only sample `pick`: MindSpore keeps every compiled
     shape's memory, so each full-model shape gets its own process); batches of `batch_size`
     utterances, or sized per bucket by a budget of `batch_frames` padded frames when > 0.
-    Summarised by bench.summary.summarize_throughput."""
+    dynamic_shapes: one graph for every shape (`RuntimeConfig.dynamic_shapes`). largest_first:
+    before the sample, compile and run the plan's batch with the most padded frames once (the
+    one that needs the most memory; its record is `largest`, outside the sample), so the
+    process's peak RSS is the whole epoch's. Summarised by bench.summary.summarize_throughput."""
     config = make_config(hidden, layers, baseline)
     spect, train = config.SpectConfig, config.TrainingConfig
     tokenizer = CharTokenizer.from_config(config)
@@ -174,11 +175,16 @@ def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     ms.set_seed(train.seed)
     model = build_model(config, seed=train.seed)
-    update, train_step = _training_step(model, config.OptimConfig)
+    update, train_step = _training_step(model, config.OptimConfig, dynamic_shapes=dynamic_shapes)
     optimizer_compile = _timed(lambda: update.apply.compile(Tensor(1.0, ms.float32)))
 
     def step(data):
         train_step(*data)
+
+    def sample(batches, repeats):
+        return _sample_records(split, spect, batches, tokenizer.blank_id, cap, step,
+                               lambda data: update.accumulate.compile(*data),
+                               lambda arr: tuple(Tensor(a) for a in arr[:4]), repeats)
 
     with tempfile.TemporaryDirectory(prefix="ds2bench_") as tmp:
         manifest = workloads.write_length_mix(Path(tmp), "train-clean-5", max_utterances)
@@ -188,11 +194,12 @@ def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, 
         plan, chosen = _plan(split, batch_size, True, strata, batch_frames)
         if pick >= 0:
             chosen = chosen[pick:pick + 1]
-        records = _sample_records(split, spect, chosen, tokenizer.blank_id, cap, step,
-                                  lambda data: update.accumulate.compile(*data),
-                                  lambda arr: tuple(Tensor(a) for a in arr[:4]), repeats)
+        largest = (sample([max(plan, key=lambda b: (b.frames * len(b.indices), b.frames))], 0)[0]
+                   if largest_first else None)
+        records = sample(chosen, repeats)
     result = _plan_stats(split, plan, cap, seconds_per_frame)
-    result.update(batch_size=batch_size, batch_frames=batch_frames, samples=records,
+    result.update(batch_size=batch_size, batch_frames=batch_frames, dynamic_shapes=dynamic_shapes,
+                  largest=largest, samples=records,
                   optimizer_compile_s=optimizer_compile,
                   flops_per_audio_s=train_flops_per_second(hidden, layers, len(config.labels), spect),
                   peak_rss_mb=peak_rss_mb())

@@ -47,29 +47,20 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.process_memory import STOP_MARK, peak_rss_mb, rss_mb, watch_rss  # noqa: E402
+
 RESULT_MARK = "RESULT "
 ROW_MARK = "ROW "
-STOP_MARK = "STOPPED "
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("default", "repeat", "mem_O1", "jit_O0", "jit_O1", "recycle", "drop", "dynamic", "pool_cap")
 DEFAULT_VARIANTS = "repeat,default,mem_O1,drop,dynamic"
 # No shape longer than this (17.5 s: the train-clean-5 mix's longest clip is 17.3 s).
 MAX_FRAMES = 1750
-
-
-def current_rss_mb() -> float:
-    """VmRSS of this process in MB (what it holds now, unlike the peak)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def shape_plan(budget: int, count: int):
@@ -108,14 +99,14 @@ def _child(args) -> dict:
     from mindspore import Tensor
     from mindspore.graph.api import _cell_graph_executor
 
-    from bench.measure import _timed, make_config, peak_rss_mb
+    from bench.measure import _timed, make_config
     from mindaudio.data.features import num_freq_bins
     from mindaudio.models.build import build_model
     from mindaudio.training.train_step import build_update
 
     variant = args.variant
     stage = ["while building the model"]
-    _watch_rss(args.max_rss_gb * 1024, lambda: stage[0])
+    watch_rss(args.max_rss_gb * 1024, lambda: stage[0])
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     if variant == "mem_O1":
         ms.set_context(memory_optimize_level="O1")
@@ -124,7 +115,7 @@ def _child(args) -> dict:
     config = make_config(args.hidden, args.layers, baseline=False)
     freq = num_freq_bins(config.SpectConfig)
     classes = len(config.labels)
-    start_rss = current_rss_mb()
+    start_rss = rss_mb()
     model = build_model(config, seed=1)
     update = build_update(model, config.OptimConfig, dynamic_shapes=variant == "dynamic")
     if variant in ("jit_O0", "jit_O1"):
@@ -132,7 +123,7 @@ def _child(args) -> dict:
             cell.set_jit_config(ms.JitConfig(jit_level=variant[-2:]))
     one = Tensor(1.0, ms.float32)
     optimizer_compile_s = _timed(lambda: update.apply.compile(one))
-    built_rss = current_rss_mb()
+    built_rss = rss_mb()
 
     def step(data):
         update.add_micro_batch(*data)
@@ -146,11 +137,11 @@ def _child(args) -> dict:
     for index, (batch, frames) in enumerate(shapes):
         stage[0] = f"at shape {index + 1} ({batch} x {frames})"
         data = random_batch(rng, batch, frames, freq, classes)
-        before = current_rss_mb()
+        before = rss_mb()
         phases = set(update.accumulate.compile_cache)
         compile_s = _timed(lambda: update.accumulate.compile(*data))
         new_phases = set(update.accumulate.compile_cache) - phases
-        after_compile, peak_compile = current_rss_mb(), peak_rss_mb()
+        after_compile, peak_compile = rss_mb(), peak_rss_mb()
         steps, steps_cpu = [], []
         for _ in range(args.steps):
             cpu = time.process_time()
@@ -163,7 +154,7 @@ def _child(args) -> dict:
             _cell_graph_executor.del_net_res(update.accumulate, new_phases)
             update.accumulate.compile_cache.difference_update(new_phases)
             gc.collect()
-        after_steps = current_rss_mb()
+        after_steps = rss_mb()
         row = {"index": index, "batch": batch, "frames": frames, "compile_s": compile_s,
                "steps_s": steps, "steps_cpu_s": steps_cpu, "rss_before_mb": before, "rss_compiled_mb": after_compile,
                "peak_compiled_mb": peak_compile, "rss_after_mb": after_steps, "peak_after_mb": peak_rss_mb()}
@@ -175,21 +166,6 @@ def _child(args) -> dict:
     return {"variant": variant, "hidden": args.hidden, "layers": args.layers, "budget": args.budget,
             "rss_start_mb": start_rss, "rss_built_mb": built_rss, "optimizer_compile_s": optimizer_compile_s,
             "fused_update": update.fused, "rows": rows}
-
-
-def _watch_rss(limit_mb: float, label) -> None:
-    """End this process at once when its RSS passes `limit_mb` (checked every 50 ms), saying so
-    on stdout, with `label()` (where it was): a runaway variant must not push the shared machine
-    into swap or the OOM killer."""
-    def watch():
-        while True:
-            rss = current_rss_mb()
-            if rss > limit_mb:
-                print(f"{STOP_MARK}RSS {rss:,.0f} MB passed {limit_mb:,.0f} MB {label()}", flush=True)
-                os._exit(3)
-            time.sleep(0.05)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def _run_child(argv) -> dict:

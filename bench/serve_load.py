@@ -38,6 +38,10 @@ import soundfile
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "data" / "digits" / "recordings"
 LIBRISPEECH = REPO / "data" / "librispeech_mini" / "LibriSpeech"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.process_memory import rss_mb  # noqa: E402
 
 
 def free_port() -> int:
@@ -46,17 +50,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def random_checkpoint(config_path: str, out_dir: str) -> str:
     """A checkpoint of `config_path`'s model with seeded random weights (saved with the project's code)."""
-    sys.path.insert(0, str(REPO))
     import mindaudio  # noqa: F401  (before mindspore)
     from mindaudio.checkpoint import save_atomic
     from mindaudio.config import load_config

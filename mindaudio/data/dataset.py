@@ -100,8 +100,7 @@ def encode_transcripts(utterances: Sequence[Utterance], tokenizer: CharTokenizer
     with_digits: List[int] = []
     for position, utterance in enumerate(utterances):
         normalised = tokenizer.normalise(utterance.transcript)
-        ids, _ = tokenizer.encode(normalised.text)
-        labels.append(tuple(ids))
+        labels.append(tuple(tokenizer.label_ids(normalised.text)))
         if not normalised.has_digits:
             unknown.update(normalised.removed)
         else:

@@ -114,8 +114,12 @@ class CharTokenizer:
         A space that is not a label is left out of the ids.
         """
         normalised = self.normalise(text)
-        ids = [self._ids[char] for char in normalised.text if char in self._ids]
-        return ids, set(normalised.removed)
+        return self.label_ids(normalised.text), set(normalised.removed)
+
+    def label_ids(self, normalised_text: str) -> List[int]:
+        """Ids of text already normalised (`normalise(...).text`); a space that is not a label
+        is left out."""
+        return [self._ids[char] for char in normalised_text if char in self._ids]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text, skipping blanks (no CTC collapsing: that is the decoder's job)."""

@@ -1,0 +1,187 @@
+"""Training throughput of ours and the original's scheme at an equal memory budget: each scheme at
+the largest batch whose whole epoch trains within --budget_gb of resident memory.
+
+    python bench/equal_memory.py                  # full model, 12 GB (about 20 minutes on 2 cores)
+    python bench/equal_memory.py --quick          # tiny model, 2 GB: checks that it runs
+    python bench/equal_memory.py --out bench/equal_memory.md   # also writes the table there, raw numbers beside it (.json)
+    python bench/equal_memory.py --budget_gb 16 --baseline_sizes 6,7 --ours_sizes 5000   # other budget, sizes
+
+Each scheme trains as a real run would, every input shape of its epoch in one process:
+- baseline, the original's scheme: every batch padded to 1250 frames (longer clips cropped), the
+  LSTM unmasked, batches of B utterances: one compiled shape;
+- ours: length buckets, masked LSTM, nothing cropped, batches sized by a budget of N padded frames
+  (`TrainingConfig.batch_frames`) and `RuntimeConfig.dynamic_shapes: True`, one graph for the
+  epoch's 8 bucket shapes. With static shapes every compiled shape keeps its own memory (about 4 GB
+  per full-model training shape, bench/memory_shapes.py), so no batch size trains the full model's
+  epoch within 12 GB that way.
+
+Sizes are tried from the smallest up, each in a fresh process that first compiles and runs the
+epoch plan's batch with the most padded frames (the one that needs the most memory), then times a
+stratified sample of the epoch as bench/run.py's training figure does (`train_throughput` in
+bench/measure.py; throughput = audio the model sees in the epoch / the estimated epoch time, the
+baseline's cropped clips counting 12.5 s). A watchdog ends the process as soon as its RSS passes
+the budget; a size fits when its process finished with a peak RSS within the budget. A scheme's
+search stops at its first size that does not fit; the ratio compares the two schemes' largest
+fitting sizes. The machine may be shared: compare rows of one run, not runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import mindaudio  # noqa: E402,F401  (sets ONEDNN_MAX_CPU_ISA, inherited by the processes it runs)
+from bench.host_info import cpu_line, load_average  # noqa: E402
+from bench.process_memory import STOP_MARK, peak_rss_mb, watch_rss  # noqa: E402
+from bench.summary import summarize_throughput  # noqa: E402
+
+RESULT_MARK = "RESULT "
+TARGET_RATIO = 1.4
+# (hidden, layers), budget GB, sizes tried per scheme (baseline: utterances per batch; ours: frame
+# budget per batch, the first being bench/run.py's 3500), sampling, utterances of the mix (0: all).
+FULL = dict(model=(1024, 5), budget_gb=12.0, baseline_sizes=[2, 4, 6, 8, 10, 12, 14, 16],
+            ours_sizes=[3500, 4500, 5000, 5500, 6500, 8000], strata=4, repeats=1, max_utterances=0)
+QUICK = dict(model=(32, 1), budget_gb=2.0, baseline_sizes=[1, 2, 4], ours_sizes=[1760, 3500, 7000],
+             strata=2, repeats=1, max_utterances=32)
+
+
+def run_kwargs(settings: Dict, scheme: str, size: int) -> Dict:
+    """`train_throughput`'s arguments for one scheme at one size."""
+    hidden, layers = settings["model"]
+    common = dict(hidden=hidden, layers=layers, max_utterances=settings["max_utterances"], largest_first=True)
+    if scheme == "baseline":
+        # One shape: every batch is alike, so one sampled batch timed twice.
+        return dict(common, baseline=True, batch_size=size, strata=1, repeats=max(2, settings["repeats"]))
+    return dict(common, baseline=False, batch_size=2, batch_frames=size, dynamic_shapes=True,
+                strata=settings["strata"], repeats=settings["repeats"])
+
+
+def child(kwargs: Dict, budget_mb: float) -> None:
+    """Run one size in this process under the RSS watchdog and print its result."""
+    watch_rss(budget_mb, lambda: "while training")
+    from bench.measure import train_throughput
+
+    result = train_throughput(**kwargs)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+def measure_size(kwargs: Dict, budget_mb: float) -> Dict:
+    """One size in a fresh process: its summarised throughput, or why it did not finish."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(kwargs), "--budget_mb",
+               str(budget_mb)]
+    proc = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            raw = json.loads(line[len(RESULT_MARK):])
+            summary = summarize_throughput([raw])
+            summary.update(largest=raw["largest"], fits=raw["peak_rss_mb"] <= budget_mb)
+            return summary
+        if line.startswith(STOP_MARK):
+            return {"fits": False, "stopped": line[len(STOP_MARK):]}
+    raise RuntimeError(f"bench/equal_memory.py: a size failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def search(settings: Dict, scheme: str, log) -> List[Dict]:
+    """Every size tried for `scheme`, smallest first, up to and including the first that does not fit."""
+    budget_mb = settings["budget_gb"] * 1024
+    rows = []
+    for size in settings[f"{scheme}_sizes"]:
+        start = time.perf_counter()
+        row = dict(measure_size(run_kwargs(settings, scheme, size), budget_mb), scheme=scheme, size=size,
+                   wall_s=time.perf_counter() - start)
+        rows.append(row)
+        log(f"  {scheme} {size}: " + (f"{row['throughput']:.2f} audio s/s, peak {row['peak_rss_mb']:,.0f} MB"
+                                      if "throughput" in row else row["stopped"]) + f" ({row['wall_s']:.0f} s)")
+        if not row["fits"]:
+            break
+    return rows
+
+
+def largest_fitting(rows: List[Dict]) -> Optional[Dict]:
+    fitting = [row for row in rows if row["fits"]]
+    return fitting[-1] if fitting else None
+
+
+def table(rows: List[Dict], budget_gb: float) -> List[str]:
+    lines = [f"| scheme | size | largest batch (utterances x frames) | shapes in epoch | peak RSS (MB) | "
+             f"fits {budget_gb:g} GB | audio s/s | compile (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        size = f"batch {row['size']}" if row["scheme"] == "baseline" else f"{row['size']} frames"
+        if "throughput" not in row:
+            lines.append(f"| {row['scheme']} | {size} | | | over ({row['stopped']}) | no | | |")
+            continue
+        largest = row["largest"]
+        lines.append(f"| {row['scheme']} | {size} | {largest['utterances']} x {largest['frames']} | "
+                     f"{row['shapes_in_epoch']} | {row['peak_rss_mb']:,.0f} | {'yes' if row['fits'] else 'no'} | "
+                     f"{row['throughput']:.2f} | {largest['compile_s']:.1f} |")
+    return lines
+
+
+def verdict(ours: Optional[Dict], base: Optional[Dict]) -> str:
+    if ours is None or base is None:
+        return "one scheme has no size that fits: no ratio"
+    ratio = ours["throughput"] / base["throughput"]
+    return (f"ours at {ours['size']} frames per batch: {ours['throughput']:.2f} audio s/s; the original's scheme at "
+            f"batch {base['size']}: {base['throughput']:.2f} audio s/s; ours / baseline {ratio:.2f}x "
+            f"(target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'not met'})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model and budget: checks that it runs")
+    parser.add_argument("--out", default="", help="write the table to this .md file and the raw numbers beside it (.json)")
+    parser.add_argument("--budget_gb", type=float, default=0.0, help="memory budget (default 12, --quick 2)")
+    parser.add_argument("--baseline_sizes", default="", help="comma-separated batch sizes to try instead")
+    parser.add_argument("--ours_sizes", default="", help="comma-separated frame budgets to try instead")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--budget_mb", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(json.loads(args.child), args.budget_mb)
+        return 0
+    settings = dict(QUICK if args.quick else FULL)
+    if args.budget_gb:
+        settings["budget_gb"] = args.budget_gb
+    for scheme in ("baseline", "ours"):
+        chosen = getattr(args, f"{scheme}_sizes")
+        if chosen:
+            settings[f"{scheme}_sizes"] = [int(size) for size in chosen.split(",")]
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    load_before, started = load_average(), time.perf_counter()
+    rows = []
+    for scheme in ("baseline", "ours"):
+        log(f"{scheme}: sizes {settings[f'{scheme}_sizes']} ...")
+        rows += search(settings, scheme, log)
+    base = largest_fitting([row for row in rows if row["scheme"] == "baseline"])
+    ours = largest_fitting([row for row in rows if row["scheme"] == "ours"])
+    hidden, layers = settings["model"]
+    command = " ".join(["python bench/equal_memory.py", *sys.argv[1:]])
+    lines = [f"# `{command}`", "", f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: DeepSpeech2 H{hidden}x{layers} training on the train-clean-5 length mix, each scheme's whole epoch "
+             f"in one process within {settings['budget_gb']:g} GB of resident memory",
+             f"CPU: {cpu_line()}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '')}",
+             f"load average before {load_before}, after {load_average()}; "
+             f"{(time.perf_counter() - started) / 60:.1f} min in all", ""]
+    lines += table(rows, settings["budget_gb"]) + ["", verdict(ours, base)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps({"command": command, "settings": settings, "rows": rows,
+                                                        "cpu": cpu_line()}, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
