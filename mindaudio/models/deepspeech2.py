@@ -94,7 +94,9 @@ def _time_mask(lengths: ms.Tensor, num_steps: int, dtype) -> ms.Tensor:
     return (steps.view(1, -1) < lengths.view(-1, 1)).astype(dtype)
 
 
-def _conv2d(conv: ConvGeometry) -> nn.Conv2d:
+def conv2d_layer(conv: ConvGeometry) -> nn.Conv2d:
+    """The convolution `conv` describes, without bias (BatchNorm follows): input (B, C_in, F, T)
+    float32 -> (B, C_out, F', T') with F', T' from `conv_output_size`."""
     pad_f, pad_t = conv.padding
     return nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel, stride=conv.stride,
                      pad_mode="pad", padding=(pad_f, pad_f, pad_t, pad_t), has_bias=False)
@@ -112,9 +114,9 @@ class MaskConv(nn.Cell):
         self.masked = masked
         # Attribute order fixes the parameters' order in checkpoints: the original's conv1, bn1, conv2, bn2.
         first, second = CONV_GEOMETRY
-        self.conv1 = _conv2d(first)
+        self.conv1 = conv2d_layer(first)
         self.bn1 = nn.BatchNorm2d(num_features=first.out_channels)
-        self.conv2 = _conv2d(second)
+        self.conv2 = conv2d_layer(second)
         self.bn2 = nn.BatchNorm2d(num_features=second.out_channels)
         self.tanh = nn.Tanh()
         self._initialize_weights(rng if rng is not None else np.random.default_rng())
