@@ -3,7 +3,7 @@ the largest batch whose whole epoch trains within --budget_gb of resident memory
 
     python bench/equal_memory.py                  # full model, 12 GB (about 20 minutes on 2 cores)
     python bench/equal_memory.py --quick          # tiny model, 2 GB: checks that it runs
-    python bench/equal_memory.py --out bench/equal_memory.md   # also writes the table there, raw numbers beside it (.json)
+    python bench/equal_memory.py --out bench/equal_memory.md   # writes the table, the raw numbers beside it
     python bench/equal_memory.py --budget_gb 16 --baseline_sizes 6,7 --ours_sizes 5000   # other budget, sizes
 
 Each scheme trains as a real run would, every input shape of its epoch in one process:
@@ -140,7 +140,8 @@ def verdict(ours: Optional[Dict], base: Optional[Dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model and budget: checks that it runs")
-    parser.add_argument("--out", default="", help="write the table to this .md file and the raw numbers beside it (.json)")
+    parser.add_argument("--out", default="",
+                        help="write the table to this .md file and the raw numbers beside it (.json)")
     parser.add_argument("--budget_gb", type=float, default=0.0, help="memory budget (default 12, --quick 2)")
     parser.add_argument("--baseline_sizes", default="", help="comma-separated batch sizes to try instead")
     parser.add_argument("--ours_sizes", default="", help="comma-separated frame budgets to try instead")
@@ -167,8 +168,10 @@ def main() -> int:
     ours = largest_fitting([row for row in rows if row["scheme"] == "ours"])
     hidden, layers = settings["model"]
     command = " ".join(["python bench/equal_memory.py", *sys.argv[1:]])
-    lines = [f"# `{command}`", "", f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: DeepSpeech2 H{hidden}x{layers} training on the train-clean-5 length mix, each scheme's whole epoch "
-             f"in one process within {settings['budget_gb']:g} GB of resident memory",
+    lines = [f"# `{command}`", "",
+             f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: DeepSpeech2 H{hidden}x{layers} training on the "
+             f"train-clean-5 length mix, each scheme's whole epoch in one process within "
+             f"{settings['budget_gb']:g} GB of resident memory",
              f"CPU: {cpu_line()}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '')}",
              f"load average before {load_before}, after {load_average()}; "
              f"{(time.perf_counter() - started) / 60:.1f} min in all", ""]

@@ -139,9 +139,10 @@ def _sample_records(split, spect, chosen, blank_id, cap, run_step, compile_step,
         compile_s = _timed(lambda: compile_step(inputs))
         warmup_s = _timed(lambda: run_step(inputs))
         times = [_timed(lambda: run_step(inputs)) for _ in range(repeats)]
+        step_s = float(np.median(times)) if times else float("nan")  # repeats 0: a memory probe only
         records.append({"frames": batch.frames, "utterances": len(batch.indices),
                         "padded_frames": batch.frames * len(batch.indices),
-                        "audio_s": _audio_seconds(split, [batch], cap), "step_s": float(np.median(times)) if times else float("nan"),
+                        "audio_s": _audio_seconds(split, [batch], cap), "step_s": step_s,
                         "warmup_s": warmup_s, "runs_s": times,
                         "compile_s": compile_s, "data_cpu_s": data_s})
     return records
