@@ -13,7 +13,12 @@ Each scheme trains as a real run would, every input shape of its epoch in one pr
   (`TrainingConfig.batch_frames`) and `RuntimeConfig.dynamic_shapes: True`, one graph for the
   epoch's 8 bucket shapes. With static shapes every compiled shape keeps its own memory (about 4 GB
   per full-model training shape, bench/memory_shapes.py), so no batch size trains the full model's
-  epoch within 12 GB that way.
+  epoch within 12 GB that way;
+- ours_one_graph (`--schemes baseline,ours,ours_one_graph`), an estimate and not a training mode: what
+  training would reach with one static graph alive at a time (the batches of one length bucket in a
+  row, the previous bucket's graph freed): ours with static shapes, the epoch's largest batch and each
+  sampled batch in its own process; memory is the highest of their peaks. The recompiles and first-step
+  allocations at each change of bucket (8 per epoch) are not counted.
 
 Sizes are tried from the smallest up, each in a fresh process that first compiles and runs the
 epoch plan's batch with the most padded frames (the one that needs the most memory), then times a
@@ -48,21 +53,30 @@ RESULT_MARK = "RESULT "
 TARGET_RATIO = 1.4
 # (hidden, layers), budget GB, sizes tried per scheme (baseline: utterances per batch; ours: frame
 # budget per batch, the first being bench/run.py's 3500), sampling, utterances of the mix (0: all).
+SCHEMES = ("baseline", "ours", "ours_one_graph")
 FULL = dict(model=(1024, 5), budget_gb=12.0, baseline_sizes=[2, 4, 6, 8, 10, 12, 14, 16],
-            ours_sizes=[3500, 4500, 5000, 5500, 6500, 8000], strata=4, repeats=1, max_utterances=0)
+            ours_sizes=[3500, 4500, 5000, 5500, 6500, 8000], ours_one_graph_sizes=[6000, 8000, 10000, 12000],
+            strata=4, repeats=1, max_utterances=0)
 QUICK = dict(model=(32, 1), budget_gb=2.0, baseline_sizes=[1, 2, 4], ours_sizes=[1760, 3500, 7000],
+             ours_one_graph_sizes=[1760, 3500],
              strata=2, repeats=1, max_utterances=32)
 
 
-def run_kwargs(settings: Dict, scheme: str, size: int) -> Dict:
-    """`train_throughput`'s arguments for one scheme at one size."""
+def run_kwargs(settings: Dict, scheme: str, size: int) -> List[Dict]:
+    """`train_throughput`'s arguments for one scheme at one size, one dict per process."""
     hidden, layers = settings["model"]
     common = dict(hidden=hidden, layers=layers, max_utterances=settings["max_utterances"], largest_first=True)
     if scheme == "baseline":
         # One shape: every batch is alike, so one sampled batch timed twice.
-        return dict(common, baseline=True, batch_size=size, strata=1, repeats=max(2, settings["repeats"]))
-    return dict(common, baseline=False, batch_size=2, batch_frames=size, dynamic_shapes=True,
-                strata=settings["strata"], repeats=settings["repeats"])
+        return [dict(common, baseline=True, batch_size=size, strata=1, repeats=max(2, settings["repeats"]))]
+    ours = dict(common, baseline=False, batch_size=2, batch_frames=size, strata=settings["strata"],
+                repeats=settings["repeats"])
+    if scheme == "ours":
+        return [dict(ours, dynamic_shapes=True)]
+    # ours_one_graph: static shapes, one alive at a time: the largest batch alone, then each sampled
+    # batch in its own process.
+    return ([dict(ours, largest_first=False, largest_only=True)]
+            + [dict(ours, largest_first=False, pick=pick) for pick in range(settings["strata"])])
 
 
 def child(kwargs: Dict, budget_mb: float) -> None:
@@ -75,20 +89,34 @@ def child(kwargs: Dict, budget_mb: float) -> None:
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
-def measure_size(kwargs: Dict, budget_mb: float) -> Dict:
-    """One size in a fresh process: its summarised throughput, or why it did not finish."""
+def run_process(kwargs: Dict, budget_mb: float) -> Dict:
+    """`train_throughput(**kwargs)` in a fresh process under the watchdog: its result, or
+    {"stopped": why} when the watchdog ended it."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(kwargs), "--budget_mb",
                str(budget_mb)]
     proc = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARK):
-            raw = json.loads(line[len(RESULT_MARK):])
-            summary = summarize_throughput([raw])
-            summary.update(largest=raw["largest"], fits=raw["peak_rss_mb"] <= budget_mb)
-            return summary
+            return json.loads(line[len(RESULT_MARK):])
         if line.startswith(STOP_MARK):
-            return {"fits": False, "stopped": line[len(STOP_MARK):]}
+            return {"stopped": line[len(STOP_MARK):]}
     raise RuntimeError(f"bench/equal_memory.py: a size failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def measure_size(processes: List[Dict], budget_mb: float) -> Dict:
+    """One size, its processes in turn: the summarised throughput of their samples, the largest
+    batch and the highest peak RSS; or why it did not fit (the first process the watchdog ended)."""
+    parts = []
+    for kwargs in processes:
+        part = run_process(kwargs, budget_mb)
+        if "stopped" in part:
+            return {"fits": False, "stopped": part["stopped"]}
+        parts.append(part)
+    summary = summarize_throughput([part for part in parts if part["samples"]])
+    peak = max(part["peak_rss_mb"] for part in parts)
+    summary.update(largest=next(part["largest"] for part in parts if part["largest"]), peak_rss_mb=peak,
+                   processes=len(parts), fits=peak <= budget_mb)
+    return summary
 
 
 def search(settings: Dict, scheme: str, log) -> List[Dict]:
@@ -128,12 +156,12 @@ def table(rows: List[Dict], budget_gb: float) -> List[str]:
     return lines
 
 
-def verdict(ours: Optional[Dict], base: Optional[Dict]) -> str:
+def verdict(scheme: str, ours: Optional[Dict], base: Optional[Dict]) -> str:
     if ours is None or base is None:
-        return "one scheme has no size that fits: no ratio"
+        return f"{scheme}: it or the baseline has no size that fits: no ratio"
     ratio = ours["throughput"] / base["throughput"]
-    return (f"ours at {ours['size']} frames per batch: {ours['throughput']:.2f} audio s/s; the original's scheme at "
-            f"batch {base['size']}: {base['throughput']:.2f} audio s/s; ours / baseline {ratio:.2f}x "
+    return (f"{scheme} at {ours['size']} frames per batch: {ours['throughput']:.2f} audio s/s; the original's scheme "
+            f"at batch {base['size']}: {base['throughput']:.2f} audio s/s; {scheme} / baseline {ratio:.2f}x "
             f"(target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'not met'})")
 
 
@@ -143,8 +171,10 @@ def main() -> int:
     parser.add_argument("--out", default="",
                         help="write the table to this .md file and the raw numbers beside it (.json)")
     parser.add_argument("--budget_gb", type=float, default=0.0, help="memory budget (default 12, --quick 2)")
+    parser.add_argument("--schemes", default="baseline,ours", help=f"which of {','.join(SCHEMES)} to run")
     parser.add_argument("--baseline_sizes", default="", help="comma-separated batch sizes to try instead")
     parser.add_argument("--ours_sizes", default="", help="comma-separated frame budgets to try instead")
+    parser.add_argument("--ours_one_graph_sizes", default="", help="comma-separated frame budgets to try instead")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--budget_mb", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,18 +184,21 @@ def main() -> int:
     settings = dict(QUICK if args.quick else FULL)
     if args.budget_gb:
         settings["budget_gb"] = args.budget_gb
-    for scheme in ("baseline", "ours"):
+    schemes = args.schemes.split(",")
+    unknown = sorted(set(schemes) - set(SCHEMES))
+    if unknown:
+        parser.error(f"unknown scheme(s) {', '.join(unknown)}: choose from {', '.join(SCHEMES)}")
+    for scheme in SCHEMES:
         chosen = getattr(args, f"{scheme}_sizes")
         if chosen:
             settings[f"{scheme}_sizes"] = [int(size) for size in chosen.split(",")]
     log = lambda text: print(text, flush=True)  # noqa: E731
     load_before, started = load_average(), time.perf_counter()
     rows = []
-    for scheme in ("baseline", "ours"):
+    for scheme in schemes:
         log(f"{scheme}: sizes {settings[f'{scheme}_sizes']} ...")
         rows += search(settings, scheme, log)
-    base = largest_fitting([row for row in rows if row["scheme"] == "baseline"])
-    ours = largest_fitting([row for row in rows if row["scheme"] == "ours"])
+    best = {scheme: largest_fitting([row for row in rows if row["scheme"] == scheme]) for scheme in schemes}
     hidden, layers = settings["model"]
     command = " ".join(["python bench/equal_memory.py", *sys.argv[1:]])
     lines = [f"# `{command}`", "",
@@ -175,7 +208,8 @@ def main() -> int:
              f"CPU: {cpu_line()}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '')}",
              f"load average before {load_before}, after {load_average()}; "
              f"{(time.perf_counter() - started) / 60:.1f} min in all", ""]
-    lines += table(rows, settings["budget_gb"]) + ["", verdict(ours, base)]
+    lines += table(rows, settings["budget_gb"]) + [""]
+    lines += [verdict(scheme, best[scheme], best.get("baseline")) for scheme in schemes if scheme != "baseline"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
