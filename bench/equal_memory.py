@@ -1,7 +1,7 @@
 """Training throughput of ours and the original's scheme at an equal memory budget: each scheme at
 the largest batch whose whole epoch trains within --budget_gb of resident memory.
 
-    python bench/equal_memory.py                  # full model, 12 GB (about 20 minutes on 2 cores)
+    python bench/equal_memory.py                  # full model, 12 GB (about 12 minutes on 2 cores)
     python bench/equal_memory.py --quick          # tiny model, 2 GB: checks that it runs
     python bench/equal_memory.py --out bench/equal_memory.md   # writes the table, the raw numbers beside it
     python bench/equal_memory.py --budget_gb 16 --baseline_sizes 6,7 --ours_sizes 5000   # other budget, sizes
@@ -25,7 +25,7 @@ epoch plan's batch with the most padded frames (the one that needs the most memo
 stratified sample of the epoch as bench/run.py's training figure does (`train_throughput` in
 bench/measure.py; throughput = audio the model sees in the epoch / the estimated epoch time, the
 baseline's cropped clips counting 12.5 s). A watchdog ends the process as soon as its RSS passes
-the budget; a size fits when its process finished with a peak RSS within the budget. A scheme's
+the budget; a size fits when its processes finished with peak RSS within the budget. A scheme's
 search stops at its first size that does not fit; the ratio compares the two schemes' largest
 fitting sizes. The machine may be shared: compare rows of one run, not runs.
 """
@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:
 
 import mindaudio  # noqa: E402,F401  (sets ONEDNN_MAX_CPU_ISA, inherited by the processes it runs)
 from bench.host_info import cpu_line, load_average  # noqa: E402
-from bench.process_memory import STOP_MARK, peak_rss_mb, watch_rss  # noqa: E402
+from bench.process_memory import STOP_MARK, watch_rss  # noqa: E402
 from bench.summary import summarize_throughput  # noqa: E402
 
 RESULT_MARK = "RESULT "
@@ -73,9 +73,9 @@ def run_kwargs(settings: Dict, scheme: str, size: int) -> List[Dict]:
                 repeats=settings["repeats"])
     if scheme == "ours":
         return [dict(ours, dynamic_shapes=True)]
-    # ours_one_graph: static shapes, one alive at a time: the largest batch alone, then each sampled
-    # batch in its own process.
-    return ([dict(ours, largest_first=False, largest_only=True)]
+    # ours_one_graph: static shapes, one alive at a time: the largest batch alone (strata 0), then
+    # each sampled batch in its own process.
+    return ([dict(ours, strata=0)]
             + [dict(ours, largest_first=False, pick=pick) for pick in range(settings["strata"])])
 
 
@@ -84,9 +84,7 @@ def child(kwargs: Dict, budget_mb: float) -> None:
     watch_rss(budget_mb, lambda: "while training")
     from bench.measure import train_throughput
 
-    result = train_throughput(**kwargs)
-    result["peak_rss_mb"] = peak_rss_mb()
-    print(RESULT_MARK + json.dumps(result), flush=True)
+    print(RESULT_MARK + json.dumps(train_throughput(**kwargs)), flush=True)
 
 
 def run_process(kwargs: Dict, budget_mb: float) -> Dict:

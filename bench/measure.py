@@ -159,7 +159,7 @@ def _plan_stats(split, plan, cap, seconds_per_frame) -> Dict:
 
 def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, strata: int,
                      repeats: int, max_utterances: int, pick: int = -1, batch_frames: int = 0,
-                     dynamic_shapes: bool = False, largest_first: bool = False, largest_only: bool = False) -> Dict:
+                     dynamic_shapes: bool = False, largest_first: bool = False) -> Dict:
     """Training step times for a stratified sample of a real epoch plan on the train-clean-5
     length mix (all sampled batches, or only sample `pick`: MindSpore keeps every compiled
     shape's memory, so each full-model shape gets its own process); batches of `batch_size`
@@ -167,7 +167,7 @@ def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, 
     dynamic_shapes: one graph for every shape (`RuntimeConfig.dynamic_shapes`). largest_first:
     before the sample, compile and run the plan's batch with the most padded frames once (the
     one that needs the most memory; its record is `largest`, outside the sample), so the
-    process's peak RSS is the whole epoch's; largest_only: that batch and no sample. Summarised
+    process's peak RSS is the whole epoch's (with strata 0, that batch and no sample). Summarised
     by bench.summary.summarize_throughput."""
     config = make_config(hidden, layers, baseline)
     spect, train = config.SpectConfig, config.TrainingConfig
@@ -197,8 +197,8 @@ def train_throughput(hidden: int, layers: int, batch_size: int, baseline: bool, 
         if pick >= 0:
             chosen = chosen[pick:pick + 1]
         largest = (sample([max(plan, key=lambda b: (b.frames * len(b.indices), b.frames))], 0)[0]
-                   if largest_first or largest_only else None)
-        records = [] if largest_only else sample(chosen, repeats)
+                   if largest_first else None)
+        records = sample(chosen, repeats)
     result = _plan_stats(split, plan, cap, seconds_per_frame)
     result.update(batch_size=batch_size, batch_frames=batch_frames, dynamic_shapes=dynamic_shapes,
                   largest=largest, samples=records,
