@@ -1,6 +1,5 @@
 """LibriSpeech preparer: real archives built from the bundled sample, served over a real local HTTP server."""
 import hashlib
-import http.server
 import io
 import json
 import os
@@ -9,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from file_server import FileServer
 from mindaudio.data.archives import (ChecksumError, UnsafeArchiveError, check_member, download_archive,
                                      safe_extract, verification_marker, verify_archive)
 from mindaudio.data.librispeech import (ARCHIVES, PreparationError, conversion_record, disk_space_needed,
@@ -30,6 +29,7 @@ REAL_SUBSETS = ("test-clean", "dev-clean", "train-clean-100")
 SYNTHETIC_SUBSETS = {"dev-other": "9001-1", "test-other": "9002-1", "train-clean-360": "9003-1",
                      "train-other-500": "9004-1"}
 NOWHERE = "http://127.0.0.1:9"  # nothing listens there: any download attempt fails loudly
+MIRROR_PATH = "/resources/12"  # the archives' URL path on www.openslr.org, and on the local server
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,71 +75,19 @@ def archives(tmp_path_factory, corpus):
     return folder, {archive.name: _md5(folder / archive.name) for archive in ARCHIVES}
 
 
-class ArchiveServer:
-    """A real HTTP server on 127.0.0.1 serving one folder, with Range support and scripted failures."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.requests = []          # (file name, Range header or None)
-        self.drop_once = set()      # names whose next response stops half-way, then are served normally
-        self.stall = set()          # names whose responses stop half-way and hang until `release`
-        self.release = threading.Event()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                name = self.path.rsplit("/", 1)[-1]
-                server.requests.append((name, self.headers.get("Range")))
-                path = server.folder / name
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                start = 0
-                if self.headers.get("Range"):
-                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
-                    if start >= len(data):
-                        self.send_error(416)
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if name in server.drop_once or name in server.stall:
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    if name in server.stall:
-                        server.release.wait(30)
-                    server.drop_once.discard(name)
-                    return  # HTTP/1.0: returning closes the connection mid-body
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/resources/12"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server(tmp_path, archives):
+    """A FileServer serving a copy of the seven archives (a test may rewrite one) at MIRROR_PATH."""
     folder = tmp_path / "served"
     shutil.copytree(archives[0], folder)
-    served = ArchiveServer(folder)
+    served = FileServer(folder=folder, folder_url=MIRROR_PATH)
     yield served
-    served.close()
+    served.stop()
+
+
+def served_at(name: str) -> str:
+    """The URL path the server records for a request of archive `name`."""
+    return f"{MIRROR_PATH}/{name}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,11 +142,11 @@ def snapshot(root: Path):
 def test_download_resumes_after_dropped_connection(tmp_path, server, archives):
     name = "test-clean.tar.gz"
     size = (archives[0] / name).stat().st_size
-    server.drop_once.add(name)
-    path = download_archive(f"{server.url}/{name}", tmp_path / name, archives[1][name],
+    server.drop_after[served_at(name)] = size // 2
+    path = download_archive(server.url(served_at(name)), tmp_path / name, archives[1][name],
                             retries=2, retry_delay=0, progress=False)
     assert path.read_bytes() == (archives[0] / name).read_bytes()
-    assert server.requests == [(name, None), (name, f"bytes={size // 2}-")]
+    assert server.requests == [(served_at(name), None), (served_at(name), f"bytes={size // 2}-")]
     assert not (tmp_path / f"{name}.part").exists()
     assert json.loads(verification_marker(path).read_text())["md5"] == archives[1][name]
 
@@ -212,16 +160,17 @@ def test_corrupt_download_is_rejected_then_fetched_again(tmp_path, server, archi
     target = tmp_path / "downloads"
     target.mkdir()
     with pytest.raises(ChecksumError, match=name):
-        download_archive(f"{server.url}/{name}", target / name, archives[1][name], progress=False)
+        download_archive(server.url(served_at(name)), target / name, archives[1][name], progress=False)
     assert list(target.iterdir()) == []  # neither the archive nor the .part is kept
     (server.folder / name).write_bytes(good)
-    download_archive(f"{server.url}/{name}", target / name, archives[1][name], progress=False)
+    download_archive(server.url(served_at(name)), target / name, archives[1][name], progress=False)
     assert (target / name).read_bytes() == good
 
 
 def test_download_gives_up_on_missing_file(tmp_path, server):
     with pytest.raises(Exception, match="404"):
-        download_archive(f"{server.url}/nope.tar.gz", tmp_path / "nope.tar.gz", "0" * 32, progress=False)
+        download_archive(server.url(served_at("nope.tar.gz")), tmp_path / "nope.tar.gz", "0" * 32,
+                         progress=False)
 
 
 def test_verification_is_cached_by_size_and_mtime(tmp_path, archives):
@@ -246,14 +195,16 @@ def test_verification_is_cached_by_size_and_mtime(tmp_path, archives):
 
 def test_prepare_over_http_then_second_run_changes_nothing(tmp_path, server, archives, corpus, capsys):
     root = tmp_path / "data"
-    server.drop_once.add("dev-clean.tar.gz")
-    summary = prepare_librispeech(root, splits=["test_clean", "val"], workers=2, base_url=server.url,
-                                  archive_md5s=archives[1], progress=False)
+    dropped = served_at("dev-clean.tar.gz")
+    server.drop_after[dropped] = (archives[0] / "dev-clean.tar.gz").stat().st_size // 2
+    summary = prepare_librispeech(root, splits=["test_clean", "val"], workers=2,
+                                  base_url=server.url(MIRROR_PATH), archive_md5s=archives[1], progress=False)
     # Only the archives of the requested splits, and the dropped one resumed.
-    fetched = [name for name, _ in server.requests]
-    assert sorted(set(fetched)) == ["dev-clean.tar.gz", "dev-other.tar.gz", "test-clean.tar.gz"]
-    assert ("dev-clean.tar.gz", None) in server.requests
-    assert any(name == "dev-clean.tar.gz" and rng and rng != "bytes=0-" for name, rng in server.requests)
+    fetched = [path for path, _ in server.requests]
+    assert sorted(set(fetched)) == [served_at(name) for name in
+                                    ("dev-clean.tar.gz", "dev-other.tar.gz", "test-clean.tar.gz")]
+    assert (dropped, None) in server.requests
+    assert any(path == dropped and rng and rng != "bytes=0-" for path, rng in server.requests)
     for split in ("test_clean", "val"):
         check_split(root, split, corpus)
     assert summary.problems == []
@@ -263,8 +214,8 @@ def test_prepare_over_http_then_second_run_changes_nothing(tmp_path, server, arc
 
     before = snapshot(root)
     server.requests.clear()
-    again = prepare_librispeech(root, splits=["test_clean", "val"], workers=2, base_url=server.url,
-                                archive_md5s=archives[1], progress=False)
+    again = prepare_librispeech(root, splits=["test_clean", "val"], workers=2,
+                                base_url=server.url(MIRROR_PATH), archive_md5s=archives[1], progress=False)
     assert server.requests == []
     assert snapshot(root) == before
     assert [s.converted for s in again.splits] == [0, 0]
@@ -445,21 +396,21 @@ def test_download_killed_with_sigkill_resumes(tmp_path, server, archives, corpus
     name = "test-clean.tar.gz"
     size = (archives[0] / name).stat().st_size
     part = tmp_path / "data" / f"{name}.part"
-    server.stall.add(name)
+    server.stall_after[served_at(name)] = size // 2
     process = subprocess.Popen(
         [sys.executable, "mindaudio/data/librispeech.py", "--root_path", str(tmp_path / "data"),
-         "--splits", "test_clean", "--base_url", server.url, "--workers", "1"],
+         "--splits", "test_clean", "--base_url", server.url(MIRROR_PATH), "--workers", "1"],
         cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: part.exists() and part.stat().st_size == size // 2)
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-    server.stall.clear()
+    server.stall_after.clear()
     server.requests.clear()
-    prepare_librispeech(tmp_path / "data", splits=["test_clean"], workers=1, base_url=server.url,
+    prepare_librispeech(tmp_path / "data", splits=["test_clean"], workers=1, base_url=server.url(MIRROR_PATH),
                         archive_md5s=archives[1], progress=False, verbose=False)
-    assert server.requests == [(name, f"bytes={size // 2}-")]
+    assert server.requests == [(served_at(name), f"bytes={size // 2}-")]
     check_split(tmp_path / "data", "test_clean", corpus)
 
 
