@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,11 +44,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import mindaudio  # noqa: E402,F401  (sets ONEDNN_MAX_CPU_ISA, inherited by the processes it runs)
+from bench.child_process import RESULT_MARK, print_marked, run_child  # noqa: E402
 from bench.host_info import cpu_line, load_average  # noqa: E402
 from bench.process_memory import STOP_MARK, watch_rss  # noqa: E402
 from bench.summary import summarize_throughput  # noqa: E402
 
-RESULT_MARK = "RESULT "
 TARGET_RATIO = 1.4
 # (hidden, layers), budget GB, sizes tried per scheme (baseline: utterances per batch; ours: frame
 # budget per batch, the first being bench/run.py's 3500), sampling, utterances of the mix (0: all).
@@ -84,7 +83,7 @@ def child(kwargs: Dict, budget_mb: float) -> None:
     watch_rss(budget_mb, lambda: "while training")
     from bench.measure import train_throughput
 
-    print(RESULT_MARK + json.dumps(train_throughput(**kwargs)), flush=True)
+    print_marked(RESULT_MARK, train_throughput(**kwargs))
 
 
 def run_process(kwargs: Dict, budget_mb: float) -> Dict:
@@ -92,13 +91,13 @@ def run_process(kwargs: Dict, budget_mb: float) -> Dict:
     {"stopped": why} when the watchdog ended it."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(kwargs), "--budget_mb",
                str(budget_mb)]
-    proc = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-        if line.startswith(STOP_MARK):
-            return {"stopped": line[len(STOP_MARK):]}
-    raise RuntimeError(f"bench/equal_memory.py: a size failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    run = run_child(command, cwd=REPO, text_marks=(STOP_MARK,))
+    mark, payload = run.first(RESULT_MARK, STOP_MARK)
+    if mark == RESULT_MARK:
+        return payload
+    if mark == STOP_MARK:
+        return {"stopped": payload}
+    raise RuntimeError(f"bench/equal_memory.py: a size failed (exit {run.returncode}):\n{run.stderr_tail}")
 
 
 def measure_size(processes: List[Dict], budget_mb: float) -> Dict:

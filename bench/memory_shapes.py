@@ -45,16 +45,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.child_process import RESULT_MARK, print_marked, run_child  # noqa: E402
 from bench.process_memory import STOP_MARK, peak_rss_mb, rss_mb, watch_rss  # noqa: E402
 
-RESULT_MARK = "RESULT "
 ROW_MARK = "ROW "
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("default", "repeat", "mem_O1", "jit_O0", "jit_O1", "recycle", "drop", "dynamic", "pool_cap")
@@ -159,7 +158,7 @@ def _child(args) -> dict:
                "steps_s": steps, "steps_cpu_s": steps_cpu, "rss_before_mb": before, "rss_compiled_mb": after_compile,
                "peak_compiled_mb": peak_compile, "rss_after_mb": after_steps, "peak_after_mb": peak_rss_mb()}
         rows.append(row)
-        print(ROW_MARK + json.dumps(row), flush=True)
+        print_marked(ROW_MARK, row)
         print(f"[{variant}] shape {index + 1}: {batch} x {frames}: compile {compile_s:.1f} s, steps "
               + "/".join(f"{s:.1f}" for s in steps) + f" s, RSS {after_steps:,.0f} MB, peak {peak_rss_mb():,.0f} MB",
               file=sys.stderr, flush=True)
@@ -169,21 +168,18 @@ def _child(args) -> dict:
 
 
 def _run_child(argv) -> dict:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], cwd=REPO,
-                          stdout=subprocess.PIPE, text=True)
-    rows, stopped = [], ""
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-        if line.startswith(ROW_MARK):
-            rows.append(json.loads(line[len(ROW_MARK):]))
-        if line.startswith(STOP_MARK):
-            stopped = line[len(STOP_MARK):]
+    run = run_child([sys.executable, os.path.abspath(__file__), *argv], cwd=REPO,
+                    json_marks=(RESULT_MARK, ROW_MARK), text_marks=(STOP_MARK,), capture_stderr=False)
+    mark, result = run.first(RESULT_MARK)
+    if mark is not None:
+        return result
+    rows, stops = run.payloads(ROW_MARK), run.payloads(STOP_MARK)
+    stopped = stops[-1] if stops else ""
     variant = argv[argv.index("--variant") + 1]
     if stopped:
         return {"variant": variant, "rows": rows, "stopped": stopped, "rss_start_mb": float("nan"),
                 "rss_built_mb": float("nan")}
-    return {"variant": variant, "error": f"exit {proc.returncode}", "rows": rows}
+    return {"variant": variant, "error": f"exit {run.returncode}", "rows": rows}
 
 
 def print_table(result: dict) -> None:
@@ -228,7 +224,7 @@ def main() -> int:
     if args.quick:
         args.hidden, args.layers, args.budget, args.shapes = 32, 1, 600, 3
     if args.child:
-        print(RESULT_MARK + json.dumps(_child(args)), flush=True)
+        print_marked(RESULT_MARK, _child(args))
         return 0
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]

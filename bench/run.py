@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.child_process import RESULT_MARK, print_marked, run_child  # noqa: E402
 from bench.host_info import cpu_description, load_average  # noqa: E402
 from bench.summary import summarize_throughput  # noqa: E402
-
-RESULT_MARK = "BENCH_RESULT "
 
 # name -> (hidden, layers); "full" is the published model.
 FULL_SETTINGS = {
@@ -97,11 +95,11 @@ def run_job(function: str, kwargs: Dict, log) -> Optional[Dict]:
     """Run one benchmark in a fresh process; its result dict, or None if it failed."""
     command = [sys.executable, str(Path(__file__).resolve()), "--job", json.dumps([function, kwargs])]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    log(f"  FAILED (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    run = run_child(command, cwd=REPO_ROOT, env=env)
+    mark, result = run.first(RESULT_MARK)
+    if mark is not None:
+        return result
+    log(f"  FAILED (exit {run.returncode}):\n{run.stderr_tail}")
     return None
 
 
@@ -325,7 +323,7 @@ def main(argv=None) -> int:
         from bench import measure
 
         result = getattr(measure, function)(**kwargs)
-        print(RESULT_MARK + json.dumps(result))
+        print_marked(RESULT_MARK, result)
         return 0
 
     settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
