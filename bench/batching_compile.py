@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,10 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.child_process import RESULT_MARK, print_marked, run_child  # noqa: E402
 from bench.host_info import cpu_line, load_average  # noqa: E402
 from bench.process_memory import peak_rss_mb  # noqa: E402
 
-RESULT_MARK = "RESULT "
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "digits.yaml"
 
@@ -117,12 +116,12 @@ def _child(args) -> dict:
 
 
 def _run_child(argv) -> dict:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], cwd=REPO,
-                          capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    raise SystemExit(f"benchmark child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    """One scheme and phase in a fresh process (its own compile cache state and peak RSS): its result."""
+    run = run_child([sys.executable, os.path.abspath(__file__), *argv], cwd=REPO)
+    mark, result = run.first(RESULT_MARK)
+    if mark is not None:
+        return result
+    raise SystemExit(f"benchmark child failed (exit {run.returncode}):\n{run.stderr_tail}")
 
 
 def main() -> int:
@@ -140,7 +139,7 @@ def main() -> int:
     parser.add_argument("--val_manifest", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(RESULT_MARK + json.dumps(_child(args)), flush=True)
+        print_marked(RESULT_MARK, _child(args))
         return 0
 
     from mindaudio.data.digits import prepare_digits

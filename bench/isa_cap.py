@@ -12,9 +12,7 @@ nothing. Prints the CPU's flags; the machine may be shared: compare caps of one 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,9 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.child_process import RESULT_MARK, print_marked, run_child  # noqa: E402
 from bench.host_info import cpu_line  # noqa: E402
-
-RESULT_MARK = "RESULT "
 
 
 def measure() -> dict:
@@ -74,20 +71,18 @@ def main() -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(RESULT_MARK + json.dumps(measure()), flush=True)
+        print_marked(RESULT_MARK, measure())
         return 0
     print(f"CPU: {cpu_line()}")
     print("| ONEDNN_MAX_CPU_ISA | conv1 (s) | conv2 (s) | LSTM direction (s) | MatMul GFLOP/s |")
     print("|---|---|---|---|---|")
     for cap in args.caps.split(","):
         env = dict(os.environ, ONEDNN_MAX_CPU_ISA=cap)
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child"], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith(RESULT_MARK)), None)
-        if line is None:
-            print(f"| {cap} | failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]} | | | |")
+        run = run_child([sys.executable, str(Path(__file__).resolve()), "--child"], cwd=REPO, env=env)
+        mark, r = run.first(RESULT_MARK)
+        if mark is None:
+            print(f"| {cap} | failed (exit {run.returncode}): {run.stderr_tail.strip().splitlines()[-1:]} | | | |")
             continue
-        r = json.loads(line[len(RESULT_MARK):])
         print(f"| {cap} | {r['conv1_s']:.3f} | {r['conv2_s']:.3f} | {r['lstm_s']:.3f} | {r['matmul_gflops']:.0f} |",
               flush=True)
     return 0

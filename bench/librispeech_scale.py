@@ -46,7 +46,6 @@ import gc
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,10 +60,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench import workloads  # noqa: E402
+from bench.child_process import RESULT_MARK, print_marked, run_child  # noqa: E402
 from bench.host_info import load_average  # noqa: E402
 from bench.process_memory import rss_mb  # noqa: E402
 
-RESULT_MARK = "BENCH_RESULT "
 TRAIN_960_UTTERANCES = 281_241
 # 281,241 / 16, / 8, / 4, / 2 and itself: each size doubles the one before.
 FULL_SIZES = tuple(int(round(TRAIN_960_UTTERANCES / 2 ** k)) for k in range(4, -1, -1))
@@ -314,13 +313,12 @@ def run_size(corpus: Path, size: int, seed: int = 0) -> Dict:
     manifest = write_scale_manifest(corpus, size, seed)
     command = [sys.executable, str(Path(__file__).resolve()), "--job", str(manifest)]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
-            result.update(size=size, manifest_mb=manifest.stat().st_size / 2 ** 20)
-            return result
-    raise RuntimeError(f"measuring N={size} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    run = run_child(command, cwd=REPO_ROOT, env=env)
+    mark, result = run.first(RESULT_MARK)
+    if mark is not None:
+        result.update(size=size, manifest_mb=manifest.stat().st_size / 2 ** 20)
+        return result
+    raise RuntimeError(f"measuring N={size} failed (exit {run.returncode}):\n{run.stderr_tail}")
 
 
 def main(argv=None) -> int:
@@ -332,7 +330,7 @@ def main(argv=None) -> int:
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.job:
-        print(RESULT_MARK + json.dumps(measure_size(Path(args.job))), flush=True)
+        print_marked(RESULT_MARK, measure_size(Path(args.job)))
         return 0
     sizes = ([int(s) for s in args.sizes.split(",") if s.strip()] if args.sizes
              else list(QUICK_SIZES if args.quick else FULL_SIZES))
