@@ -19,7 +19,9 @@ cache (warm). Columns:
 - train s: all steps of the epoch, compile excluded; audio s/s: audio seconds trained per second;
 - compile cold / warm: training + validation graphs, through the cache, empty and filled;
 - share cold / warm: compile over (compile + the epoch's steps + one validation pass): the
-  compile share of the recipe's first epoch.
+  compile share of the recipe's first epoch;
+- run share cold: compile over (compile + `TrainingConfig.epochs` such epochs): the compile share
+  of a whole run of the recipe into an empty cache.
 Everything runs on the machine as it is: compare rows of one run, not runs.
 """
 from __future__ import annotations
@@ -81,7 +83,7 @@ def _child(args) -> dict:
               "graphs": sum(report.graphs for report in reports),
               "cache_hits": [report.hit for report in reports],
               "cache_reasons": [report.reason for report in reports],
-              "batch_sizes": list(sampler.batch_size) if budget else train.batch_size}
+              "batch_sizes": list(sampler.batch_size) if budget else train.batch_size, "epochs": train.epochs}
     if args.phase == "warm":
         return result
 
@@ -162,7 +164,7 @@ def main() -> int:
           f"epoch 2's plan; CPU: {cpu_line()}")
     print(f"load average before {load_before}, after {load_after}; {time.perf_counter() - started:.0f} s in all")
     header = ("| scheme | batch sizes | batches | shapes | padded / real | train s | audio s/s | "
-              "compile cold s | compile warm s | share cold | share warm |")
+              "compile cold s | compile warm s | share cold | share warm | run share cold |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for scheme, (cold, warm) in rows.items():
@@ -173,7 +175,8 @@ def main() -> int:
               f"{cold['padded_frames'] / cold['real_frames']:.3f} | {cold['train_s']:.1f} | "
               f"{cold['audio_s'] / cold['train_s']:.1f} | {cold['compile_s']:.1f} | {warm['compile_s']:.1f} | "
               f"{cold['compile_s'] / (cold['compile_s'] + epoch):.0%} | "
-              f"{warm['compile_s'] / (warm['compile_s'] + epoch):.0%} |")
+              f"{warm['compile_s'] / (warm['compile_s'] + epoch):.0%} | "
+              f"{cold['compile_s'] / (cold['compile_s'] + cold['epochs'] * epoch):.1%} |")
     count, frames = rows["count"][0], rows["frames"][0]
     speedup = (frames["audio_s"] / frames["train_s"]) / (count["audio_s"] / count["train_s"])
     print(f"frames / count throughput: {speedup:.2f}x; warm cache hits: "

@@ -153,3 +153,16 @@ def check_cached_graphs(work_dir: str) -> None:
     assert compile_cache._staging is None or not os.listdir(os.path.join(
         compile_cache._staging, "rank_0", "graph_cache")) or os.listdir(os.path.join(
             compile_cache._staging, "rank_0", "graph_cache")) == ["compile_dependency.hash"]
+
+
+def test_compiling_leaves_no_object_frozen_even_when_a_compile_fails(tmp_path):
+    # compile_all freezes the heap around its compiles (MindSpore collects garbage before each);
+    # objects left frozen would never be collected again.
+    import gc
+    cache = CompileCache(tmp_path / "cache", "test")
+    dense = nn.Dense(2, 3)
+    cache.compile_all([Graph("dense", dense, (Tensor(np.zeros((1, 2), np.float32)),))])
+    assert gc.get_freeze_count() == 0
+    with pytest.raises((ValueError, RuntimeError, TypeError)):
+        cache.compile_all([Graph("dense, wrong width", dense, (Tensor(np.zeros((1, 5), np.float32)),))])
+    assert gc.get_freeze_count() == 0
