@@ -256,9 +256,12 @@ def build_tables(results: Dict[str, Dict], settings: Dict) -> List[str]:
     share = get("digits", "compile_share")
     digits = settings["digits"]
     recipe = f"digits H{digits['hidden']}x{digits['layers']}" if digits.get("hidden") else "configs/digits.yaml"
-    add("graph compilation share of one digits-recipe epoch", recipe,
-        None if share is None else f"{100 * share:.1f}%", None, None, "<= 10%",
-        share is not None and share <= 0.10)
+    add("graph compilation share of the digits recipe's first epoch, cold (no compile cache)", recipe,
+        None if share is None else f"{100 * share:.1f}%", None, None)
+    run_share = get("digits", "run_compile_share")
+    add(f"  of a whole run of the recipe ({get('digits', 'epochs')} epochs), cold", recipe,
+        None if run_share is None else f"{100 * run_share:.1f}%", None, None, "<= 5%",
+        run_share is not None and run_share <= 0.05)
     add("fp32 matmul GFLOP/s (MindSpore / numpy)", "-",
         get("matmul", "mindspore_gflops"), get("matmul", "numpy_gflops"), None)
     header = ["| figure | model | ours | baseline (original's scheme) | ours vs baseline | target | met |",
