@@ -373,18 +373,18 @@ def digits_compile_share(strata_repeats: int, hidden: int = 0, layers: int = 0) 
     val_plan = make_sampler(val_split, eval_batch_size, train=False).batches(0)
 
     def one_per_shape(split, plan):
-        seen, reps, counts = set(), [], {}
+        """One batch of each distinct (batch size, frames) of `plan`, in order of first use, and
+        how many batches of the plan have each: a bucket's last, smaller batch is a graph of its own."""
+        reps, counts = {}, {}
         for batch in plan:
-            counts[batch.frames] = counts.get(batch.frames, 0) + 1
-            if batch.frames not in seen and len(batch.indices) == max(len(b.indices) for b in plan
-                                                                       if b.frames == batch.frames):
-                seen.add(batch.frames)
-                reps.append(batch)
-        source = PaddedBatchSource(split, spect, reps, tokenizer.blank_id)
-        return [source[i] for i in range(len(reps))], counts
+            shape = (len(batch.indices), batch.frames)
+            counts[shape] = counts.get(shape, 0) + 1
+            reps.setdefault(shape, batch)
+        source = PaddedBatchSource(split, spect, list(reps.values()), tokenizer.blank_id)
+        return [source[i] for i in range(len(reps))], list(reps), counts
 
-    train_arrays, train_counts = one_per_shape(train_split, train_plan)
-    val_arrays, val_counts = one_per_shape(val_split, val_plan)
+    train_arrays, train_shapes, train_counts = one_per_shape(train_split, train_plan)
+    val_arrays, val_shapes, val_counts = one_per_shape(val_split, val_plan)
     data_start = time.perf_counter()
     data_batches = sum(1 for _ in build_dataset(train_split, spect, train_plan, tokenizer.blank_id,
                                                 train.num_workers).create_tuple_iterator(num_epochs=1))
@@ -410,10 +410,8 @@ def digits_compile_share(strata_repeats: int, hidden: int = 0, layers: int = 0) 
     model.set_train(False)
     val_timing = _shape_timings([(Tensor(arr[0]), Tensor(arr[1])) for arr in val_arrays], forward,
                                 lambda data: model.compile(*data), strata_repeats)
-    train_frames = [arr[0].shape[3] for arr in train_arrays]
-    val_frames = [arr[0].shape[3] for arr in val_arrays]
-    run_train = sum(train_counts[f] * t for f, t in zip(train_frames, train_timing["steady"]))
-    run_val = sum(val_counts[f] * t for f, t in zip(val_frames, val_timing["steady"]))
+    run_train = sum(train_counts[shape] * t for shape, t in zip(train_shapes, train_timing["steady"]))
+    run_val = sum(val_counts[shape] * t for shape, t in zip(val_shapes, val_timing["steady"]))
     compile_train = sum(train_timing["compile_by_shape"].values()) + compile_optimizer
     compile_val = sum(val_timing["compile_by_shape"].values())
     epoch = run_train + run_val + compile_train + compile_val
