@@ -414,14 +414,14 @@ def digits_compile_share(strata_repeats: int, hidden: int = 0, layers: int = 0) 
     run_val = sum(val_counts[shape] * t for shape, t in zip(val_shapes, val_timing["steady"]))
     compile_train = sum(train_timing["compile_by_shape"].values()) + compile_optimizer
     compile_val = sum(val_timing["compile_by_shape"].values())
-    epoch = run_train + run_val + compile_train + compile_val
+    compile_all = compile_train + compile_val
+    epoch = run_train + run_val + compile_all
     return {"train_batches": len(train_plan), "val_batches": len(val_plan),
             "train_shapes": len(train_counts), "val_shapes": len(val_counts),
             "train_steps_s": run_train, "val_s": run_val, "compile_train_s": compile_train,
             "compile_val_s": compile_val, "epoch_s": epoch,
-            "compile_share": (compile_train + compile_val) / epoch, "epochs": train.epochs,
-            "run_compile_share": (compile_train + compile_val) / (compile_train + compile_val
-                                                                   + train.epochs * (run_train + run_val)),
+            "compile_share": compile_all / epoch, "epochs": train.epochs,
+            "run_compile_share": compile_all / (compile_all + train.epochs * (run_train + run_val)),
             "data_pipeline_epoch_wall_s": data_wall, "data_batches": data_batches,
             "peak_rss_mb": peak_rss_mb()}
 
